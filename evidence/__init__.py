@@ -1,0 +1,1 @@
+"""Evidence packs built from a run directory alone: figures (matplotlib) and PDF (reportlab)."""

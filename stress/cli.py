@@ -1,0 +1,173 @@
+"""The ``stress`` command line: validate, list, run, gate, report.
+
+Exit codes: 0 success (gate: all criteria pass), 1 gate failure, 2 bad input (scenario, run
+directory, model output; one message naming file/line/field or case), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from stress.errors import ScenarioError, StressError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Synthetic-phantom stress testing and regulatory evidence for imaging AI models.")
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+
+
+def _fail(exc: StressError) -> typer.Exit:
+    """Print a bad-input error (no traceback) and return the exit to raise (code 2)."""
+    text = str(exc) if isinstance(exc, ScenarioError) else f"error: {exc}"
+    err.print(text, markup=False, style="red" if err.is_terminal else None)
+    return typer.Exit(exc.exit_code)
+
+
+@app.command()
+def validate(file: Annotated[Path, typer.Argument(help="scenario YAML file")]) -> None:
+    """Check a scenario; print every problem as FILE:LINE:COL: field: message."""
+    from stress.scenario import load_scenario
+
+    try:
+        loaded = load_scenario(file)
+    except StressError as exc:
+        raise _fail(exc) from None
+    out.print(f"{file}: OK  {loaded.scenario.summary()}")
+
+
+class Kind(str, Enum):
+    """What ``stress list`` can show."""
+
+    phantoms = "phantoms"
+    perturbations = "perturbations"
+    metrics = "metrics"
+    models = "models"
+
+
+def _fields(spec) -> str:
+    parts = []
+    for name, f in spec.model_fields.items():
+        default = f.default if f.default_factory is None else f.default_factory()
+        parts.append(f"{name}={default!r}" + (f" [{f.description}]" if f.description else ""))
+    return ", ".join(parts) or "-"
+
+
+@app.command("list")
+def list_(kind: Annotated[Kind | None, typer.Argument(help="what to list (all when omitted)")] = None) -> None:
+    """Show the registered phantoms, perturbations, metrics and model adapters with their parameters."""
+    from perturbations import PERTURBATIONS
+    from phantoms import PHANTOMS
+    from stress.models import ADAPTERS
+    from stress.stats import METRICS
+
+    kinds = [kind] if kind else list(Kind)
+    for k in kinds:
+        table = Table(title=k.value, show_lines=False, title_justify="left")
+        if k is Kind.phantoms:
+            for col in ("name", "modality", "parameters (defaults)", "subgroup attributes"):
+                table.add_column(col)
+            for name, g in PHANTOMS.items():
+                spec = g.spec()
+                attrs = "; ".join(f"{a.name}: {'|'.join(a.levels)}" + (" (lesion)" if a.lesion_level else "")
+                                  for a in g.attributes(spec))
+                table.add_row(name, g.modality, _fields(g.spec), attrs)
+        elif k is Kind.perturbations:
+            for col in ("name", "severity [unit]", "range", "nominal", "parameters (defaults)"):
+                table.add_column(col)
+            for name, p in PERTURBATIONS.items():
+                s = p.severity
+                rng = f"{'[' if s.low_inclusive else '('}{s.low:g}, {s.high:g}]; {s.harsher} is harsher"
+                table.add_row(name, f"{s.name} [{s.unit}]", rng, f"{s.nominal:g}", _fields(p.spec))
+        elif k is Kind.metrics:
+            for col in ("name", "unit", "description"):
+                table.add_column(col)
+            for name, m in METRICS.items():
+                table.add_row(name, m.unit, m.description)
+        else:
+            for col in ("adapter", "scenario key", "loads"):
+                table.add_column(col)
+            for name, adapter in ADAPTERS.items():
+                table.add_row(name, f"{name}: module:factory", (adapter.__doc__ or "").strip().splitlines()[0])
+        out.print(table)
+
+
+@app.command()
+def run(
+    scenario: Annotated[Path, typer.Argument(help="scenario YAML file")],
+    out_dir: Annotated[Path, typer.Option("--out", help="run directory (resumed if it holds this scenario)")],
+    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+) -> None:
+    """Run a scenario into a run directory; resumes an interrupted run of the same scenario."""
+    from stress.runner import run_scenario
+    from stress.scenario import load_scenario
+
+    try:
+        loaded = load_scenario(scenario)
+        out.print(loaded.scenario.summary())
+        store = run_scenario(loaded, out_dir, device, show_progress=progress)
+    except StressError as exc:
+        raise _fail(exc) from None
+    except KeyboardInterrupt:
+        err.print(f"interrupted: finished chunks are kept in {out_dir}; run the same command again to resume")
+        raise typer.Exit(130) from None
+    out.print(f"run complete: {store.root / 'manifest.json'}")
+
+
+@app.command()
+def gate(
+    run_dir: Annotated[Path, typer.Argument(help="run directory written by `stress run`")],
+    junit: Annotated[Path | None, typer.Option(help="also write JUnit XML here")] = None,
+) -> None:
+    """Check the scenario's acceptance criteria; exit 0 when all pass, 1 when any fails."""
+    from stress.gate import evaluate_gate, junit_xml
+    from stress.rundata import load_run
+
+    try:
+        run_data = load_run(run_dir)
+    except StressError as exc:
+        raise _fail(exc) from None
+    verdicts = evaluate_gate(run_data.metrics, run_data.scenario)
+    table = Table(title=f"gate: {run_data.scenario.name}", title_justify="left")
+    for col in ("id", "rule", "statistic", "cells", "verdict", "evidence"):
+        table.add_column(col)
+    for v in verdicts:
+        verdict = "[green]PASS[/green]" if v.passed else "[red]FAIL[/red]"
+        table.add_row(v.id, v.rule, v.statistic, str(v.n_cells), verdict, v.reason)
+    out.print(table)
+    if junit is not None:
+        junit.parent.mkdir(parents=True, exist_ok=True)
+        junit.write_bytes(junit_xml(verdicts, run_data.scenario.name))
+    if not verdicts:
+        out.print("no gate criteria in this scenario: nothing to fail")
+    failed = [v.id for v in verdicts if not v.passed]
+    out.print(f"gate {'FAILED: ' + ', '.join(failed) if failed else 'PASSED'}")
+    raise typer.Exit(1 if failed else 0)
+
+
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(help="run directory written by `stress run`")]) -> None:
+    """Build RUN/evidence/report.pdf from the run directory alone (no model or GPU needed)."""
+    from evidence.report import build_report
+
+    try:
+        pdf = build_report(run_dir)
+    except StressError as exc:
+        raise _fail(exc) from None
+    out.print(f"evidence pack: {pdf}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="stress")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""The model protocol and the adapter registry.
+
+A model is anything with ``predict(image, spacing_mm) -> probabilities``: ``image`` is a batch
+``(B, 1, D, H, W)`` in physical units (HU for CT) on the run's device, and the result is ``(B,)``
+probabilities of the positive class. Adapters turn a scenario's ``models:`` entry into such an
+object and fingerprint it (SHA-256 of its weight files and of its parameters) for the manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+from stress.errors import StressError
+from stress.registry import Registry
+from stress.scenario.schema import ModelSection
+
+
+@runtime_checkable
+class Predictor(Protocol):
+    """What a model factory must return."""
+
+    def predict(self, image: Tensor, spacing_mm: tuple[float, float, float]) -> Tensor:
+        """Probabilities ``(B,)`` in [0, 1] for a batch ``(B, 1, D, H, W)``."""
+        ...
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model ready to run, with what the manifest records about it."""
+
+    name: str
+    role: str
+    threshold: float
+    predictor: Predictor
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+
+    def predict(self, image: Tensor, spacing_mm: tuple[float, float, float], case_ids: list[str]) -> Tensor:
+        """Run the model and check its output: ``(B,)`` finite probabilities, else :class:`StressError`."""
+        with torch.inference_mode():
+            out = self.predictor.predict(image, spacing_mm)
+        if not isinstance(out, Tensor):
+            raise StressError(f"model '{self.name}': predict() returned {type(out).__name__} "
+                              f"for cases {case_ids[0]}..{case_ids[-1]} (expected a torch.Tensor of shape (B,))")
+        out = out.detach().reshape(-1) if out.ndim == 2 and out.shape[1] == 1 else out.detach()
+        if tuple(out.shape) != (len(case_ids),):
+            raise StressError(f"model '{self.name}': output shape {tuple(out.shape)} for cases "
+                              f"{case_ids[0]}..{case_ids[-1]} (expected ({len(case_ids)},) probabilities)")
+        bad = ~torch.isfinite(out) | (out < 0) | (out > 1)
+        if bool(bad.any()):
+            i = int(torch.nonzero(bad)[0])
+            raise StressError(f"model '{self.name}': output {float(out[i])!r} for case {case_ids[i]} "
+                              "(expected a probability in [0, 1])")
+        return out.to(torch.float64).cpu()
+
+
+def sha256_file(path: str | Path) -> str:
+    """SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_state(module: torch.nn.Module) -> str:
+    """SHA-256 over a module's parameters and buffers (names, dtypes, shapes and bytes), in name order."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+Adapter = Callable[[ModelSection, torch.device, str], LoadedModel]
+ADAPTERS: Registry[Adapter] = Registry("model adapter")
+
+
+def load_python(section: ModelSection, device: torch.device, where: str) -> LoadedModel:
+    """``python: module:factory``: import the module, call ``factory(device=..., **kwargs)``."""
+    module_name, attr = str(section.python).split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise StressError(f"{where}.python: cannot import '{module_name}': {exc} (expected an importable module)") \
+            from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise StressError(f"{where}.python: '{module_name}' has no callable '{attr}' (expected a factory function)")
+    try:
+        predictor = factory(device=device, **section.kwargs)
+    except TypeError as exc:
+        raise StressError(f"{where}.kwargs: factory '{section.python}' rejected its arguments: {exc}") from None
+    if not isinstance(predictor, Predictor):
+        raise StressError(f"{where}.python: factory returned {type(predictor).__name__} "
+                          "(expected an object with predict(image, spacing_mm))")
+    fingerprint: dict[str, Any] = {"adapter": "python", "target": section.python, "kwargs": section.kwargs}
+    files = [Path(p) for p in getattr(predictor, "weight_files", [])]
+    fingerprint["weights_sha256"] = {p.name: sha256_file(p) for p in files}
+    if isinstance(predictor, torch.nn.Module):
+        fingerprint["state_sha256"] = sha256_state(predictor)
+    if hasattr(predictor, "version"):
+        fingerprint["version"] = str(predictor.version)
+    return LoadedModel(section.name, section.role, section.threshold, predictor, fingerprint)
+
+
+ADAPTERS.register("python", load_python)
+
+
+def load_model(section: ModelSection, device: torch.device, index: int) -> LoadedModel:
+    """Load the model of scenario entry ``models[index]`` with its adapter."""
+    adapter_name, _ = section.adapter
+    return ADAPTERS.get(adapter_name)(section, device, f"models[{index}]")

@@ -1,0 +1,190 @@
+"""Run a scenario: phantoms -> perturbation sweeps -> models -> run store -> statistics.
+
+Work is cut into chunks of cases (``execution.chunk_cases``); each chunk's rows are one part file.
+Everything a row depends on is a pure function of the scenario and the case index (phantoms from
+``(seed, case index)``, perturbation parameters from ``(seed, case index, perturbation)``), so a
+chunk computed after a resume is identical to the one a clean run would have written.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from perturbations import PERTURBATIONS, AppliedPerturbation, apply_chain
+from phantoms import PHANTOMS, CaseBatch
+from phantoms.population import case_rng
+from stress.errors import StressError
+from stress.models import LoadedModel, load_model
+from stress.scenario.loader import LoadedScenario, phantom_spec
+from stress.scenario.schema import Scenario
+from stress.stats.summary import compute_metrics_table
+from stress.store import FORMAT, METRICS, RunStore, software_versions, write_atomic
+
+STREAM_PERTURBATION = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One perturbation at one severity inside a sweep's chain."""
+
+    name: str
+    severity: float
+    spec: Any
+
+
+def case_id(index: int) -> str:
+    """Stable identifier of case ``index``."""
+    return f"case-{index:06d}"
+
+
+def chains(sc: Scenario) -> Iterator[tuple[str, float, list[Step]]]:
+    """(swept perturbation, severity, full chain) for every sweep point.
+
+    The chain is the baseline with the swept perturbation replacing a baseline step of the same
+    name in place, or appended after the baseline.
+    """
+    for sweep in sc.perturbations:
+        pert = PERTURBATIONS.get(sweep.name)
+        for severity in sweep.severities:
+            swept = Step(sweep.name, severity, pert.spec.model_validate(sweep.params))
+            chain = [Step(b.name, b.severity, PERTURBATIONS.get(b.name).spec.model_validate(b.params))
+                     for b in sc.baseline]
+            names = [s.name for s in chain]
+            if sweep.name in names:
+                chain[names.index(sweep.name)] = swept
+            else:
+                chain.append(swept)
+            yield sweep.name, severity, chain
+
+
+def sample_chain(sc: Scenario, chain: list[Step], batch: CaseBatch) -> list[AppliedPerturbation]:
+    """Draw each case's parameters for every step of ``chain``.
+
+    A case's generator for a perturbation depends on ``(seed, case index, perturbation name)`` but
+    not on the severity: all severities of one case share their random field (common random
+    numbers), which makes differences between severities paired.
+    """
+    steps = []
+    for step in chain:
+        pert = PERTURBATIONS.get(step.name)
+        key = zlib.crc32(step.name.encode())
+        params = tuple(pert.sample(step.spec, step.severity, case_rng(sc.seed, STREAM_PERTURBATION, i, key))
+                       for i in batch.case_index)
+        steps.append(AppliedPerturbation(step.name, params))
+    return steps
+
+
+def _case_columns(batch: CaseBatch, b: int) -> dict[str, Any]:
+    lesions = batch.lesions[b] if batch.lesions else ()
+    first = lesions[0] if lesions else {}
+    return {
+        "case_id": case_id(batch.case_index[b]), "case_index": batch.case_index[b], "label": batch.label[b],
+        **batch.attributes[b],
+        "lesion_diameter_mm": float(first.get("diameter_mm", math.nan)),
+        "lesion_volume_mm3": float(first.get("volume_mm3", math.nan)),
+        "lesions_json": json.dumps(list(lesions), sort_keys=True),
+    }
+
+
+def run_chunk(sc: Scenario, chunk: int, models: list[LoadedModel], device: torch.device,
+              progress: Progress | None = None, task: Any = None) -> pd.DataFrame:
+    """All rows of one chunk of cases."""
+    gen = PHANTOMS.get(sc.phantom.generator)
+    spec = phantom_spec(sc)
+    start = chunk * sc.execution.chunk_cases
+    stop = min(start + sc.execution.chunk_cases, sc.phantom.n_cases)
+    rows: list[dict[str, Any]] = []
+    sweeps = list(chains(sc))
+    for b0 in range(start, stop, sc.execution.batch_size):
+        indices = list(range(b0, min(b0 + sc.execution.batch_size, stop)))
+        batch = gen.generate(spec, sc.population, sc.seed, indices, device)
+        ids = [case_id(i) for i in indices]
+        case_cols = [_case_columns(batch, b) for b in range(len(indices))]
+        for name, severity, chain in sweeps:
+            steps = sample_chain(sc, chain, batch)
+            image = apply_chain(batch.image, batch.spacing_mm, steps)
+            sev = PERTURBATIONS.get(name).severity
+            for model in models:
+                scores = model.predict(image, batch.spacing_mm, ids).tolist()
+                for b, score in enumerate(scores):
+                    rows.append({
+                        **case_cols[b], "chunk": chunk, "perturbation": name, "severity_name": sev.name,
+                        "severity_unit": sev.unit, "severity": float(severity),
+                        "params_json": json.dumps([s.record(b) for s in steps], sort_keys=True),
+                        "model": model.name, "model_role": model.role, "score": float(score),
+                    })
+                if progress is not None:
+                    progress.advance(task, len(indices))
+    return pd.DataFrame(rows)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``cpu`` or ``cuda`` (exit 2 when CUDA is asked for but absent)."""
+    if name not in ("cpu", "cuda"):
+        raise StressError(f"--device: unknown device '{name}' (expected cpu or cuda)")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise StressError("--device cuda: no CUDA device is available (expected a machine with a GPU, or --device cpu)")
+    return torch.device(name)
+
+
+def _check_resumable(old: dict[str, Any], new: dict[str, Any], store: RunStore) -> None:
+    if old.get("format") != FORMAT:
+        raise StressError(f"{store.manifest_path}: format {old.get('format')!r} (expected {FORMAT})")
+    for key, what in (("scenario_sha256", "scenario"), ("device", "device"), ("models", "models")):
+        if old.get(key) != new.get(key):
+            raise StressError(f"{store.root}: holds a run with a different {what} ({key} differs); expected the same "
+                              "scenario, device and models to resume, or choose a new --out directory")
+
+
+def run_scenario(loaded: LoadedScenario, out: str | Path, device_name: str = "cpu",
+                 show_progress: bool = True) -> RunStore:
+    """Run (or resume) ``loaded`` into the run directory ``out``; return its store."""
+    sc = loaded.scenario
+    device = resolve_device(device_name)
+    store = RunStore(out)
+    models = [load_model(m, device, i) for i, m in enumerate(sc.models)]
+    manifest: dict[str, Any] = {
+        "format": FORMAT, "status": "running", "scenario_name": sc.name, "scenario_path": loaded.path,
+        "scenario_sha256": loaded.sha256, "scenario_text": loaded.text, "seed": sc.seed, "device": device.type,
+        "dtype": "float32", "software": software_versions(), "n_cases": sc.phantom.n_cases,
+        "chunk_cases": sc.execution.chunk_cases, "n_evaluations": sc.n_evaluations(),
+        "models": {m.name: {"role": m.role, "threshold": m.threshold, **m.fingerprint} for m in models},
+    }
+    if store.exists():
+        old = store.read_manifest()
+        _check_resumable(old, manifest, store)
+        manifest["created_utc"] = old["created_utc"]
+    else:
+        manifest["created_utc"] = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+    store.write_manifest(manifest)
+    n_chunks = math.ceil(sc.phantom.n_cases / sc.execution.chunk_cases)
+    done = store.done_chunks()
+    todo = [c for c in range(n_chunks) if c not in done]
+    per_case = sc.n_evaluations() // sc.phantom.n_cases
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
+    with Progress(*columns, disable=not show_progress, transient=False) as progress:
+        task = progress.add_task(f"{sc.name} evaluations", total=sc.n_evaluations())
+        progress.advance(task, sum(min(sc.execution.chunk_cases, sc.phantom.n_cases - c * sc.execution.chunk_cases)
+                                   for c in done) * per_case)
+        for chunk in todo:
+            store.write_part(chunk, run_chunk(sc, chunk, models, device, progress, task))
+    results = store.read_results()
+    metrics = compute_metrics_table(results, sc)
+    tmp = store.root / f".{METRICS}.tmp"
+    metrics.to_parquet(tmp, index=False)
+    write_atomic(store.root / METRICS, tmp.read_bytes())
+    tmp.unlink()
+    manifest.update(status="complete", outputs=store.output_hashes())
+    store.write_manifest(manifest)
+    return store

@@ -1,0 +1,237 @@
+"""Read a scenario file: YAML -> :class:`Scenario`, every problem reported as ``FILE:LINE:COL: path: msg``.
+
+Two passes. The first validates structure and types with pydantic. The second checks names against
+the registries (phantom generators, perturbations, metrics), validates each entry's ``params``
+against the spec of what it names, checks severities against the perturbation's physical range,
+population attributes against the generator's, and parses gate rules. All problems of both passes
+are reported together.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+from pathlib import Path
+from typing import Any, get_args, get_origin
+
+from pydantic import BaseModel, ValidationError
+
+from perturbations import PERTURBATIONS
+from phantoms import PHANTOMS
+from stress.errors import Problem, ScenarioError, did_you_mean, unknown_name_message
+from stress.gate.rules import RuleSyntaxError, parse_rule
+from stress.scenario.schema import Scenario
+from stress.scenario.yaml_positions import Loc, format_loc, load_yaml_with_positions, position_of
+from stress.stats.metrics import METRICS
+
+_EXPECTED = {
+    "float_parsing": "a number", "float_type": "a number", "int_parsing": "an integer", "int_type": "an integer",
+    "int_from_float": "an integer", "string_type": "a string", "list_type": "a list", "dict_type": "a mapping",
+    "model_type": "a mapping", "bool_type": "true or false", "missing": "this field to be present",
+    "tuple_type": "a list", "model_attributes_type": "a mapping",
+}
+
+
+class LoadedScenario(BaseModel):
+    """A validated scenario plus the exact text it came from and that text's SHA-256."""
+
+    model_config = {"frozen": True, "arbitrary_types_allowed": True}
+
+    scenario: Scenario
+    text: str
+    sha256: str
+    path: str
+
+
+def _message(err: dict[str, Any]) -> str:
+    """Pydantic's message plus what was expected and what was given."""
+    kind, ctx, msg = err["type"], err.get("ctx") or {}, err["msg"].removeprefix("Value error, ")
+    got = err.get("input")
+    got_txt = "" if kind == "missing" or isinstance(got, (dict, list)) else f", got {got!r}"
+    bounds = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
+    if kind in _EXPECTED:
+        return f"{msg} (expected {_EXPECTED[kind]}{got_txt})"
+    if kind in bounds:
+        limit = next(iter(ctx.values()), "?")
+        return f"{msg} (expected a value {bounds[kind]} {limit}{got_txt})"
+    if kind == "too_short":
+        return f"{msg.split(' after validation')[0]} (expected at least {ctx.get('min_length', 1)} item(s){got_txt})"
+    if kind == "string_pattern_mismatch":
+        return f"{msg} (expected letters, digits, '_', '.', '-' or 'module:function'{got_txt})"
+    return msg
+
+
+def _model_at(root: type[BaseModel], loc: Loc) -> type[BaseModel] | None:
+    """The pydantic model class that holds the field at ``loc`` (to list its allowed keys)."""
+    cls: Any = root
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(cls, type) and issubclass(cls, BaseModel)) or part not in cls.model_fields:
+            return None
+        ann = cls.model_fields[part].annotation
+        while get_origin(ann) is not None:
+            args = [a for a in get_args(ann) if a is not type(None)]
+            ann = args[-1] if args else None
+        cls = ann
+    return cls if isinstance(cls, type) and issubclass(cls, BaseModel) else None
+
+
+def _pydantic_problems(exc: ValidationError, root: type[BaseModel], prefix: Loc, file: str,
+                       positions: dict) -> list[Problem]:
+    problems = []
+    for err in exc.errors(include_url=False):
+        loc = (*prefix, *err["loc"])
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            key = loc[-1]
+            owner = _model_at(root, err["loc"][:-1])
+            allowed = sorted(owner.model_fields) if owner else []
+            msg = f"unknown key '{key}'{did_you_mean(str(key), allowed)}"
+            if allowed:
+                msg += f" (expected one of: {', '.join(allowed)})"
+            line, col = position_of(positions, loc, key=True)
+        else:
+            msg = _message(err)
+            line, col = position_of(positions, loc)
+        problems.append(Problem(file, line, col, format_loc(loc), msg))
+    return problems
+
+
+def _check_params(spec_cls: type[BaseModel], params: dict, loc: Loc, file: str, positions: dict,
+                  problems: list[Problem]) -> BaseModel | None:
+    try:
+        return spec_cls.model_validate(params)
+    except ValidationError as exc:
+        problems.extend(_pydantic_problems(exc, spec_cls, loc, file, positions))
+        return None
+
+
+def _semantic_problems(sc: Scenario, file: str, positions: dict) -> list[Problem]:
+    out: list[Problem] = []
+
+    def add(loc: Loc, msg: str, key: bool = False) -> None:
+        out.append(Problem(file, *position_of(positions, loc, key=key), format_loc(loc), msg))
+
+    gen_spec = None
+    if sc.phantom.generator not in PHANTOMS:
+        add(("phantom", "generator"), unknown_name_message("phantom generator", sc.phantom.generator, PHANTOMS))
+    else:
+        gen = PHANTOMS.get(sc.phantom.generator)
+        gen_spec = _check_params(gen.spec, sc.phantom.params, ("phantom", "params"), file, positions, out)
+    attributes = {a.name: a for a in PHANTOMS.get(sc.phantom.generator).attributes(gen_spec)} if gen_spec else {}
+    if gen_spec is not None:
+        for name, dist in sc.population.attributes.items():
+            loc = ("population", "attributes", name)
+            if name not in attributes:
+                add(loc, unknown_name_message(f"attribute of '{sc.phantom.generator}'", name, attributes), key=True)
+                continue
+            for level in dist:
+                if level not in attributes[name].levels:
+                    add((*loc, level), unknown_name_message(f"level of '{name}'", level, attributes[name].levels),
+                        key=True)
+        for i, name in enumerate(sc.statistics.subgroups):
+            if name not in attributes:
+                add(("statistics", "subgroups", i), unknown_name_message("subgroup attribute", name, attributes))
+    sweeps = [("baseline", i, s.name, [s.severity], s.params) for i, s in enumerate(sc.baseline)]
+    sweeps += [("perturbations", i, p.name, p.severities, p.params) for i, p in enumerate(sc.perturbations)]
+    for section, i, name, severities, params in sweeps:
+        if name not in PERTURBATIONS:
+            add((section, i, "name"), unknown_name_message("perturbation", name, PERTURBATIONS))
+            continue
+        pert = PERTURBATIONS.get(name)
+        _check_params(pert.spec, params, (section, i, "params"), file, positions, out)
+        for j, value in enumerate(severities):
+            msg = pert.severity.check(value)
+            if msg:
+                loc = (section, i, "severities", j) if section == "perturbations" else (section, i, "severity")
+                add(loc, msg)
+    names = [p.name for p in sc.perturbations]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            add(("perturbations", i, "name"), f"perturbation '{name}' is swept twice (expected one sweep each; "
+                "merge the severity lists)")
+    for i, metric in enumerate(sc.metrics):
+        if metric not in METRICS:
+            add(("metrics", i), unknown_name_message("metric", metric, METRICS))
+    model_names = [m.name for m in sc.models]
+    for i, model in enumerate(sc.models):
+        if model.name in model_names[:i]:
+            add(("models", i, "name"), f"model name '{model.name}' is used twice (expected unique names)")
+        module = str(model.python).split(":")[0]
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            add(("models", i, "python"), f"module '{module}' cannot be found (expected an importable module:factory)")
+    _gate_problems(sc, attributes, add)
+    return out
+
+
+def _gate_problems(sc: Scenario, attributes: dict, add) -> None:
+    sweep_names = {p.name for p in sc.perturbations}
+    sweep_names |= {PERTURBATIONS.get(p.name).severity.name for p in sc.perturbations if p.name in PERTURBATIONS}
+    ids = [c.id for c in sc.gate]
+    for i, crit in enumerate(sc.gate):
+        if crit.id in ids[:i]:
+            add(("gate", i, "id"), f"criterion id '{crit.id}' is used twice (expected unique ids)")
+        try:
+            rule = parse_rule(crit.rule)
+        except RuleSyntaxError as exc:
+            add(("gate", i, "rule"), str(exc))
+            continue
+        if rule.metric not in sc.metrics:
+            add(("gate", i, "rule"), f"metric '{rule.metric}' is not computed by this scenario"
+                f"{did_you_mean(rule.metric, sc.metrics)} (expected one of metrics: {', '.join(sc.metrics)})")
+        if rule.sweep is not None and rule.sweep not in sweep_names:
+            add(("gate", i, "rule"), unknown_name_message("perturbation or severity", rule.sweep, sweep_names))
+        scope_attr = rule.scope.split(":")[-1].split("=")[0]
+        if rule.scope not in ("overall", "every") and scope_attr not in sc.statistics.subgroups:
+            add(("gate", i, "rule"), f"subgroup attribute '{scope_attr}' is not in statistics.subgroups"
+                f"{did_you_mean(scope_attr, sc.statistics.subgroups)} (expected one of: "
+                f"{', '.join(sc.statistics.subgroups) or 'none configured'})")
+        elif "=" in rule.scope and attributes.get(scope_attr) is not None:
+            level = rule.scope.split("=", 1)[1]
+            if level not in attributes[scope_attr].levels:
+                add(("gate", i, "rule"), unknown_name_message(f"level of '{scope_attr}'", level,
+                                                              attributes[scope_attr].levels))
+        for j, model in enumerate(crit.models or []):
+            if model not in [m.name for m in sc.models]:
+                add(("gate", i, "models", j), unknown_name_message("model", model, [m.name for m in sc.models]))
+
+
+def parse_scenario(text: str, file: str = "<scenario>") -> Scenario:
+    """Validate scenario ``text``; raise :class:`ScenarioError` listing every problem."""
+    data, positions = load_yaml_with_positions(text, file)
+    if not isinstance(data, dict):
+        raise ScenarioError([Problem(file, 1, 1, "", f"expected a mapping at the top level, got "
+                                     f"{type(data).__name__}")])
+    try:
+        scenario = Scenario.model_validate(data)
+    except ValidationError as exc:
+        raise ScenarioError(_pydantic_problems(exc, Scenario, (), file, positions)) from None
+    problems = _semantic_problems(scenario, file, positions)
+    if problems:
+        raise ScenarioError(problems)
+    return scenario
+
+
+def load_scenario(path: str | Path) -> LoadedScenario:
+    """Read and validate the scenario file at ``path``."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ScenarioError([Problem(str(path), 0, 0, "", f"cannot read file: {exc.strerror}")]) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ScenarioError([Problem(str(path), 0, 0, "", "file is not UTF-8 text (expected a YAML file)")]) from None
+    scenario = parse_scenario(text, str(path))
+    return LoadedScenario(scenario=scenario, text=text, sha256=hashlib.sha256(raw).hexdigest(), path=str(path))
+
+
+def phantom_spec(sc: Scenario) -> BaseModel:
+    """The validated generator spec of a scenario."""
+    return PHANTOMS.get(sc.phantom.generator).spec.model_validate(sc.phantom.params)

@@ -1,0 +1,128 @@
+"""The scenario schema: typed, validated, frozen pydantic models. Unknown keys are errors.
+
+Names (phantom generator, perturbation, metric, model adapter) are checked against the closed
+registries in a second pass (:mod:`stress.scenario.loader`), which also validates each entry's
+``params`` against the spec of the registered entry it names.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from phantoms.population import PopulationSpec
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PhantomSection(_Model):
+    """Which generator makes the cases, how many, and with which settings (see ``stress list phantoms``)."""
+
+    generator: str
+    n_cases: int = Field(ge=2, le=1_000_000)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class BaselineStep(_Model):
+    """A perturbation applied to every case at a fixed severity before the swept one (e.g. full-dose noise)."""
+
+    name: str
+    severity: float
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class PerturbationSweep(_Model):
+    """One perturbation swept over severities in its physical unit (see ``stress list perturbations``)."""
+
+    name: str
+    severities: list[float] = Field(min_length=1)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("severities")
+    @classmethod
+    def _unique(cls, v: list[float]) -> list[float]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"severities must be distinct, got {v}")
+        return v
+
+
+class ModelSection(_Model):
+    """A model under test. Exactly one adapter key names how to load it (e.g. ``python: pkg.mod:factory``)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
+    role: Literal["reference", "candidate"]
+    python: str | None = Field(None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    threshold: float = Field(0.5, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _one_adapter(self) -> ModelSection:
+        if self.python is None:
+            raise ValueError("a model needs an adapter key (expected python: 'module:factory')")
+        return self
+
+    @property
+    def adapter(self) -> tuple[str, str]:
+        """``(adapter name, target)``, e.g. ``("python", "stress.models.demo:reference")``."""
+        return "python", str(self.python)
+
+
+class BootstrapSection(_Model):
+    """Bootstrap settings: percentile CIs from resampling cases, paired across models and severities."""
+
+    n_resamples: int = Field(1000, ge=100, le=100_000)
+    level: float = Field(0.95, gt=0.5, lt=1.0)
+
+
+class StatisticsSection(_Model):
+    """Which subgroup attributes to break results down by, and bootstrap settings."""
+
+    subgroups: list[str] = Field(default_factory=list)
+    bootstrap: BootstrapSection = Field(default_factory=BootstrapSection)
+
+
+class GateCriterion(_Model):
+    """A pre-specified acceptance criterion (see docs/scenario-reference.md for the rule grammar)."""
+
+    id: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
+    rule: str
+    statistic: Literal["estimate", "ci_low", "ci_high"] = "ci_low"
+    models: list[str] | None = None
+    description: str = ""
+
+
+class ExecutionSection(_Model):
+    """How the run is cut into work: cases per device batch and cases per stored chunk."""
+
+    batch_size: int = Field(16, ge=1, le=4096)
+    chunk_cases: int = Field(64, ge=1, le=100_000)
+
+
+class Scenario(_Model):
+    """A whole scenario file."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
+    description: str = ""
+    seed: int = Field(ge=0, lt=2**63)
+    phantom: PhantomSection
+    population: PopulationSpec = Field(default_factory=PopulationSpec)
+    baseline: list[BaselineStep] = Field(default_factory=list)
+    perturbations: list[PerturbationSweep] = Field(min_length=1)
+    models: list[ModelSection] = Field(min_length=1)
+    metrics: list[str] = Field(default_factory=lambda: ["auc"], min_length=1)
+    statistics: StatisticsSection = Field(default_factory=StatisticsSection)
+    gate: list[GateCriterion] = Field(default_factory=list)
+    execution: ExecutionSection = Field(default_factory=ExecutionSection)
+
+    def n_evaluations(self) -> int:
+        """cases x (sum of severities over perturbations) x models."""
+        return self.phantom.n_cases * sum(len(p.severities) for p in self.perturbations) * len(self.models)
+
+    def summary(self) -> str:
+        """One line: cases x perturbations (severities) x models = N evaluations."""
+        n_sev = sum(len(p.severities) for p in self.perturbations)
+        return (f"{self.name}: {self.phantom.n_cases} cases x {len(self.perturbations)} perturbations "
+                f"({n_sev} severities) x {len(self.models)} models = {self.n_evaluations()} evaluations")

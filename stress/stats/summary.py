@@ -1,0 +1,66 @@
+"""The metrics table: every metric per model x perturbation x severity x subgroup, with bootstrap CIs.
+
+Subgroups are the overall population (``subgroup == "all"``) and each level of each attribute in
+``statistics.subgroups``. For lesion-level attributes (e.g. lesion size), a subgroup holds the
+positive cases of that level and *all* negative cases, so that threshold-free metrics such as AUC
+stay defined. One matrix of bootstrap case counts is drawn per run from the scenario seed and
+shared by every cell, which pairs the intervals across models, perturbations and severities.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pandas as pd
+
+from phantoms import PHANTOMS
+from phantoms.population import case_rng
+from stress.scenario.loader import phantom_spec
+from stress.scenario.schema import Scenario
+from stress.stats.bootstrap import bootstrap_counts, percentile_ci
+from stress.stats.metrics import METRICS
+
+STREAM_BOOTSTRAP = 3
+GROUP_KEYS = ["model", "model_role", "perturbation", "severity_name", "severity_unit", "severity"]
+
+
+def _subgroups(cases: pd.DataFrame, scenario: Scenario) -> Iterator[tuple[str, str, np.ndarray]]:
+    """(attribute, level, case mask) for ``all`` and for every level of every configured attribute."""
+    yield "all", "all", np.ones(len(cases), dtype=bool)
+    gen = PHANTOMS.get(scenario.phantom.generator)
+    lesion_level = {a.name for a in gen.attributes(phantom_spec(scenario)) if a.lesion_level}
+    negatives = cases["label"].to_numpy() == 0
+    for attr in scenario.statistics.subgroups:
+        values = cases[attr].astype(str).to_numpy()
+        for level in sorted(set(values) - ({"none"} if attr in lesion_level else set())):
+            mask = values == level
+            yield attr, level, (mask | negatives) if attr in lesion_level else mask
+
+
+def compute_metrics_table(results: pd.DataFrame, scenario: Scenario) -> pd.DataFrame:
+    """Metrics with percentile bootstrap CIs from the results table of a complete run."""
+    boot = scenario.statistics.bootstrap
+    case_index = np.sort(results["case_index"].unique())
+    cases = (results.drop_duplicates("case_index").set_index("case_index").loc[case_index].reset_index())
+    counts = bootstrap_counts(len(case_index), boot.n_resamples, case_rng(scenario.seed, STREAM_BOOTSTRAP, 0))
+    weights = np.vstack([np.ones((1, len(case_index))), counts])
+    thresholds = {m.name: m.threshold for m in scenario.models}
+    subgroups = list(_subgroups(cases, scenario))
+    rows = []
+    for key, group in results.groupby(GROUP_KEYS, sort=True):
+        group = group.set_index("case_index").reindex(case_index)
+        if group["score"].isna().any():
+            raise ValueError(f"incomplete results for {dict(zip(GROUP_KEYS, key, strict=True))}")
+        y, s = group["label"].to_numpy().astype(int), group["score"].to_numpy()
+        for attr, level, mask in subgroups:
+            for metric in scenario.metrics:
+                values = METRICS.get(metric).compute(y[mask], s[mask], weights[:, mask], thresholds[key[0]])
+                ci = percentile_ci(values[0], values[1:], boot.level)
+                rows.append({
+                    **dict(zip(GROUP_KEYS, key, strict=True)), "subgroup": attr, "level": level, "metric": metric,
+                    "estimate": ci.estimate, "ci_low": ci.low, "ci_high": ci.high, "ci_level": ci.level,
+                    "n_resamples": ci.n_resamples, "n_undefined": ci.n_undefined, "n_cases": int(mask.sum()),
+                    "n_positive": int(y[mask].sum()), "n_negative": int((1 - y[mask]).sum()),
+                })
+    return pd.DataFrame(rows)

@@ -1,0 +1,21 @@
+"""Deliberately broken model factories for tests of bad model output."""
+
+import torch
+
+
+class _NaNAfterFirstBatch:
+    """Valid probabilities for the first batch, then NaN for one case: simulates a model failing mid-run."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def predict(self, image, spacing_mm):
+        self.calls += 1
+        out = torch.full((image.shape[0],), 0.5)
+        if self.calls > 4:
+            out[-1] = float("nan")
+        return out
+
+
+def nan_model(device="cpu"):
+    return _NaNAfterFirstBatch()

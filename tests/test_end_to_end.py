@@ -1,0 +1,164 @@
+"""End to end through the CLI: run, resume after SIGKILL, gate, report (determinism, content, PDF validity)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from e2e_helpers import ROOT, cli_args, env, stress, write_scenario
+from sklearn.metrics import roc_auc_score
+
+KEYS = ["case_id", "perturbation", "severity", "model"]
+
+
+@pytest.fixture(scope="module")
+def clean_run(tmp_path_factory) -> tuple[Path, Path]:
+    tmp = tmp_path_factory.mktemp("e2e")
+    scenario = write_scenario(tmp / "tiny.yaml")
+    stress("run", str(scenario), "--out", str(tmp / "run"), "--no-progress")
+    return scenario, tmp / "run"
+
+
+def _sorted(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.sort_values(KEYS).reset_index(drop=True)
+
+
+def test_run_writes_manifest_results_and_metrics(clean_run):
+    _, run = clean_run
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["device"] == "cpu"
+    assert set(manifest["models"]) == {"v1", "v2"}
+    assert all(len(h) == 64 for h in manifest["models"]["v1"]["weights_sha256"].values())
+    for rel, digest in manifest["outputs"].items():
+        assert hashlib.sha256((run / rel).read_bytes()).hexdigest() == digest
+    results = pd.read_parquet(run / "results.parquet")
+    assert len(results) == 12 * 4 * 2  # cases x severities x models
+    assert not results.duplicated(KEYS).any()
+    assert {"sex", "bmi_band", "lesion_size", "label", "params_json", "score"} <= set(results.columns)
+    params = json.loads(results.loc[results["perturbation"] == "gaussian_blur", "params_json"].iloc[-1])
+    assert [p["name"] for p in params] == ["ct_dose", "gaussian_blur"]  # baseline, then the sweep
+
+
+def test_killed_run_resumes_to_identical_results(clean_run, tmp_path):
+    scenario, reference_run = clean_run
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(cli_args("run", str(scenario), "--out", str(out), "--no-progress"), env=env(), cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not list((out / "results.parquet").glob("part-*.parquet")) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    parts = list((out / "results.parquet").glob("part-*.parquet"))
+    assert 1 <= len(parts) < 6, "the run must be interrupted mid-way for this test to mean anything"
+    stress("run", str(scenario), "--out", str(out), "--no-progress")
+    resumed = pd.read_parquet(out / "results.parquet")
+    clean = pd.read_parquet(reference_run / "results.parquet")
+    assert not resumed.duplicated(KEYS).any()
+    pd.testing.assert_frame_equal(_sorted(resumed), _sorted(clean))
+
+
+def test_interrupt_with_ctrl_c_keeps_chunks_and_exits_130(clean_run, tmp_path):
+    scenario, _ = clean_run
+    out = tmp_path / "sigint"
+    proc = subprocess.Popen(cli_args("run", str(scenario), "--out", str(out), "--no-progress"), env=env(), cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not list((out / "results.parquet").glob("part-*.parquet")) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before SIGINT arrived")
+    assert proc.returncode == 130 and "resume" in stderr and "Traceback" not in stderr
+    assert list((out / "results.parquet").glob("part-*.parquet"))
+
+
+def test_gate_exit_codes_and_junit(clean_run, tmp_path):
+    _, run = clean_run
+    junit = tmp_path / "gate.xml"
+    proc = stress("gate", str(run), "--junit", str(junit), check_rc=1)  # 'impossible' fails
+    assert "PASS" in proc.stdout and "FAIL" in proc.stdout and "impossible" in proc.stdout
+    text = junit.read_text()
+    assert 'tests="2"' in text and 'failures="1"' in text
+
+
+def test_report_is_deterministic_valid_and_carries_the_numbers(clean_run):
+    pikepdf = pytest.importorskip("pikepdf")
+    pypdf = pytest.importorskip("pypdf")
+    _, run = clean_run
+    stress("report", str(run))
+    pdf = run / "evidence" / "report.pdf"
+    first = hashlib.sha256(pdf.read_bytes()).hexdigest()
+    stress("report", str(run))
+    assert hashlib.sha256(pdf.read_bytes()).hexdigest() == first
+    with pikepdf.open(pdf) as doc:  # qpdf's structural check
+        assert doc.check() == []
+    text = " ".join(page.extract_text() for page in pypdf.PdfReader(pdf).pages)
+    text = " ".join(text.split())
+    assert "Gate FAILED" in text and "PASS" in text and "FAIL" in text
+    results = pd.read_parquet(run / "results.parquet")
+    for (model, pert, sev), g in results.groupby(["model", "perturbation", "severity"]):
+        auc = roc_auc_score(g["label"], g["score"])
+        assert f"{auc:.3f}" in text, (model, pert, sev, auc)
+
+
+def test_replay_one_case_from_its_recorded_parameters(clean_run):
+    import torch
+
+    from perturbations.chain import apply_chain, steps_from_records
+    from phantoms import PHANTOMS
+    from stress.models.demo import candidate
+    from stress.scenario import load_scenario, phantom_spec
+
+    scenario, run = clean_run
+    sc = load_scenario(scenario).scenario
+    results = pd.read_parquet(run / "results.parquet")
+    row = results[(results["model"] == "v2") & (results["perturbation"] == "ct_dose")].iloc[5]
+    batch = PHANTOMS.get("chest_ct").generate(phantom_spec(sc), sc.population, sc.seed, [int(row["case_index"])],
+                                              torch.device("cpu"))
+    steps = steps_from_records([json.loads(row["params_json"])])
+    image = apply_chain(batch.image, batch.spacing_mm, steps)
+    with torch.inference_mode():
+        score = float(candidate().predict(image, batch.spacing_mm)[0])
+    assert score == pytest.approx(row["score"], abs=1e-6)
+
+
+def test_bad_run_directory_and_bad_model_output_exit_2(tmp_path):
+    proc = stress("report", str(tmp_path / "missing"), check_rc=2)
+    assert "manifest.json is missing" in proc.stderr
+    scenario = write_scenario(tmp_path / "nan.yaml", n_cases=12, candidate="bad_models:nan_model")
+    proc = stress("run", str(scenario), "--out", str(tmp_path / "nan"), "--no-progress", check_rc=2)
+    assert "model 'v2'" in proc.stderr and "case-" in proc.stderr and "expected a probability" in proc.stderr
+    assert list((tmp_path / "nan" / "results.parquet").glob("part-*.parquet"))  # finished chunks are kept
+    proc = stress("gate", str(tmp_path / "nan"), check_rc=2)
+    assert "not complete" in proc.stderr
+
+
+def test_resume_refuses_a_different_scenario(clean_run, tmp_path):
+    _, run = clean_run
+    other = write_scenario(tmp_path / "other.yaml", n_cases=14)
+    proc = stress("run", str(other), "--out", str(run), "--no-progress", check_rc=2)
+    assert "different scenario" in proc.stderr
+
+
+BAD = sorted((Path(__file__).parent / "data" / "bad_scenarios").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", BAD, ids=[p.stem for p in BAD])
+def test_validate_reports_file_line_and_exits_2(path):
+    expected = path.read_text().splitlines()[0].removeprefix("# expect: ")
+    proc = stress("validate", str(path.relative_to(ROOT)), check_rc=2)
+    assert f"{path.relative_to(ROOT)}:{expected}" in proc.stderr, proc.stderr
+
+
+def test_validate_accepts_the_shipped_scenarios():
+    for path in sorted((ROOT / "scenarios").glob("*.yaml")):
+        proc = stress("validate", str(path.relative_to(ROOT)))
+        assert "evaluations" in proc.stdout
