@@ -18,8 +18,11 @@ def robustness_curve(metrics: pd.DataFrame, perturbation: str, metric: str, path
 
     The PNG carries no timestamp or software metadata, so the same metrics give the same bytes.
     """
-    sel = metrics[(metrics["perturbation"] == perturbation) & (metrics["metric"] == metric)
-                  & (metrics["subgroup"] == "all")].sort_values(["model", "severity"])
+    sel = metrics[
+        (metrics["perturbation"] == perturbation)
+        & (metrics["metric"] == metric)
+        & (metrics["subgroup"] == "all")
+    ].sort_values(["model", "severity"])
     fig, ax = plt.subplots(figsize=(6.0, 3.6), dpi=150)
     for (model, role), g in sel.groupby(["model", "model_role"], sort=True):
         style = _STYLE.get(role, {})

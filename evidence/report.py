@@ -29,12 +29,14 @@ from stress.store import write_atomic
 _STYLES = getSampleStyleSheet()
 _SMALL = ParagraphStyle("small", parent=_STYLES["BodyText"], fontSize=7.5, leading=9)
 _CELL = ParagraphStyle("cell", parent=_STYLES["BodyText"], fontSize=7, leading=8.5)
-_GRID = TableStyle([
-    ("GRID", (0, 0), (-1, -1), 0.25, colors.grey),
-    ("BACKGROUND", (0, 0), (-1, 0), colors.HexColor("#e8e8f0")),
-    ("FONTSIZE", (0, 0), (-1, -1), 7),
-    ("VALIGN", (0, 0), (-1, -1), "TOP"),
-])
+_GRID = TableStyle(
+    [
+        ("GRID", (0, 0), (-1, -1), 0.25, colors.grey),
+        ("BACKGROUND", (0, 0), (-1, 0), colors.HexColor("#e8e8f0")),
+        ("FONTSIZE", (0, 0), (-1, -1), 7),
+        ("VALIGN", (0, 0), (-1, -1), "TOP"),
+    ]
+)
 
 
 def _table(header: list[str], rows: list[list[Any]], widths: list[float] | None = None) -> Table:
@@ -59,31 +61,56 @@ def _scenario_section(run: RunData) -> list[Any]:
     story: list[Any] = [Paragraph("1. Scenario", _STYLES["Heading2"])]
     story.append(Paragraph(sc.description or "(no description)", _STYLES["BodyText"]))
     pop = sc.population
-    rows = [["generator", sc.phantom.generator], ["cases", str(sc.phantom.n_cases)],
-            ["generator parameters", json.dumps(sc.phantom.params, sort_keys=True)],
-            ["prevalence", f"{pop.prevalence:g}"],
-            ["population", "; ".join(f"{k}: " + ", ".join(f"{lv} {p:g}" for lv, p in v.items())
-                                     for k, v in pop.attributes.items()) or "generator defaults"],
-            ["baseline", "; ".join(f"{b.name} at {b.severity:g}" for b in sc.baseline) or "none"],
-            ["seed", str(sc.seed)], ["evaluations", sc.summary()]]
+    rows = [
+        ["generator", sc.phantom.generator],
+        ["cases", str(sc.phantom.n_cases)],
+        ["generator parameters", json.dumps(sc.phantom.params, sort_keys=True)],
+        ["prevalence", f"{pop.prevalence:g}"],
+        [
+            "population",
+            "; ".join(
+                f"{k}: " + ", ".join(f"{lv} {p:g}" for lv, p in v.items()) for k, v in pop.attributes.items()
+            )
+            or "generator defaults",
+        ],
+        ["baseline", "; ".join(f"{b.name} at {b.severity:g}" for b in sc.baseline) or "none"],
+        ["seed", str(sc.seed)],
+        ["evaluations", sc.summary()],
+    ]
     story.append(_table(["item", "value"], rows, [40 * mm, 130 * mm]))
     story.append(Spacer(1, 4 * mm))
     sweeps = run.results.drop_duplicates(["perturbation"])[["perturbation", "severity_name", "severity_unit"]]
     prow = []
     for p in sc.perturbations:
         info = sweeps[sweeps["perturbation"] == p.name].iloc[0]
-        prow.append([p.name, f"{info['severity_name']} [{info['severity_unit']}]",
-                     ", ".join(f"{s:g}" for s in p.severities), json.dumps(p.params, sort_keys=True)])
-    story.append(_table(["perturbation", "severity [unit]", "severities", "parameters"], prow,
-                        [30 * mm, 50 * mm, 45 * mm, 45 * mm]))
+        prow.append(
+            [
+                p.name,
+                f"{info['severity_name']} [{info['severity_unit']}]",
+                ", ".join(f"{s:g}" for s in p.severities),
+                json.dumps(p.params, sort_keys=True),
+            ]
+        )
+    story.append(
+        _table(
+            ["perturbation", "severity [unit]", "severities", "parameters"],
+            prow,
+            [30 * mm, 50 * mm, 45 * mm, 45 * mm],
+        )
+    )
     story.append(Spacer(1, 4 * mm))
     mrow = []
     for m in sc.models:
         fp = man["models"][m.name]
         weights = "; ".join(f"{k}: {v}" for k, v in fp.get("weights_sha256", {}).items()) or "-"
         mrow.append([m.name, m.role, fp.get("target", ""), f"{m.threshold:g}", weights])
-    story.append(_table(["model", "role", "adapter target", "threshold", "weights SHA-256"], mrow,
-                        [18 * mm, 20 * mm, 45 * mm, 17 * mm, 70 * mm]))
+    story.append(
+        _table(
+            ["model", "role", "adapter target", "threshold", "weights SHA-256"],
+            mrow,
+            [18 * mm, 20 * mm, 45 * mm, 17 * mm, 70 * mm],
+        )
+    )
     return story
 
 
@@ -92,13 +119,25 @@ def _gate_section(run: RunData) -> list[Any]:
     verdicts = evaluate_gate(run.metrics, run.scenario)
     if not verdicts:
         return [*story, Paragraph("The scenario defines no acceptance criteria.", _STYLES["BodyText"])]
-    rows = [[v.id, v.rule, v.statistic, str(v.n_cells), "PASS" if v.passed else "FAIL", v.reason] for v in verdicts]
-    story.append(_table(["id", "rule", "statistic", "cells", "verdict", "evidence"], rows,
-                        [22 * mm, 45 * mm, 15 * mm, 11 * mm, 12 * mm, 65 * mm]))
+    rows = [
+        [v.id, v.rule, v.statistic, str(v.n_cells), "PASS" if v.passed else "FAIL", v.reason]
+        for v in verdicts
+    ]
+    story.append(
+        _table(
+            ["id", "rule", "statistic", "cells", "verdict", "evidence"],
+            rows,
+            [22 * mm, 45 * mm, 15 * mm, 11 * mm, 12 * mm, 65 * mm],
+        )
+    )
     overall = "PASSED" if all(v.passed for v in verdicts) else "FAILED"
     story.append(Spacer(1, 2 * mm))
-    story.append(Paragraph(f"<b>Gate {overall}</b>: {sum(v.passed for v in verdicts)} of {len(verdicts)} "
-                           "criteria met.", _STYLES["BodyText"]))
+    story.append(
+        Paragraph(
+            f"<b>Gate {overall}</b>: {sum(v.passed for v in verdicts)} of {len(verdicts)} criteria met.",
+            _STYLES["BodyText"],
+        )
+    )
     return story
 
 
@@ -112,34 +151,55 @@ def _curves_section(run: RunData, fig_dir: Path) -> list[Any]:
 
 
 def _metrics_section(run: RunData) -> list[Any]:
-    story: list[Any] = [Paragraph("4. Performance by model, perturbation and severity (overall)",
-                                  _STYLES["Heading2"])]
+    story: list[Any] = [
+        Paragraph("4. Performance by model, perturbation and severity (overall)", _STYLES["Heading2"])
+    ]
     m = run.metrics
     level = int(round(100 * m["ci_level"].iloc[0]))
-    story.append(Paragraph(f"Estimate [{level}% percentile bootstrap CI, {int(m['n_resamples'].iloc[0])} "
-                           "resamples by case, paired across models and severities].", _SMALL))
+    story.append(
+        Paragraph(
+            f"Estimate [{level}% percentile bootstrap CI, {int(m['n_resamples'].iloc[0])} "
+            "resamples by case, paired across models and severities].",
+            _SMALL,
+        )
+    )
     overall = m[m["subgroup"] == "all"]
-    wide = overall.pivot_table(index=["perturbation", "severity", "model"], columns="metric",
-                               values="estimate", aggfunc="first").index
+    wide = overall.pivot_table(
+        index=["perturbation", "severity", "model"], columns="metric", values="estimate", aggfunc="first"
+    ).index
     metrics = run.scenario.metrics
     rows = []
     for pert, sev, model in wide:
-        cells = overall[(overall["perturbation"] == pert) & (overall["severity"] == sev) & (overall["model"] == model)]
+        cells = overall[
+            (overall["perturbation"] == pert) & (overall["severity"] == sev) & (overall["model"] == model)
+        ]
         by_metric = {r["metric"]: fmt_ci(r) for _, r in cells.iterrows()}
         rows.append([pert, f"{sev:g}", model, *[by_metric.get(k, "-") for k in metrics]])
     story.append(_table(["perturbation", "severity", "model", *metrics], rows))
     story.append(PageBreak())
     story.append(Paragraph("5. Subgroup performance", _STYLES["Heading2"]))
-    story.append(Paragraph("Lesion-level subgroups (e.g. lesion size) hold the positive cases of that level and all "
-                           "negative cases. n = cases (positive/negative).", _SMALL))
+    story.append(
+        Paragraph(
+            "Lesion-level subgroups (e.g. lesion size) hold the positive cases of that level and all "
+            "negative cases. n = cases (positive/negative).",
+            _SMALL,
+        )
+    )
     sub = m[m["subgroup"] != "all"]
     rows = []
     for key, g in sub.groupby(["perturbation", "severity", "model", "subgroup", "level"], sort=True):
         by_metric = {r["metric"]: fmt_ci(r) for _, r in g.iterrows()}
         first = g.iloc[0]
-        rows.append([key[0], f"{key[1]:g}", key[2], f"{key[3]}={key[4]}",
-                     f"{first['n_cases']} ({first['n_positive']}/{first['n_negative']})",
-                     *[by_metric.get(k, "-") for k in metrics]])
+        rows.append(
+            [
+                key[0],
+                f"{key[1]:g}",
+                key[2],
+                f"{key[3]}={key[4]}",
+                f"{first['n_cases']} ({first['n_positive']}/{first['n_negative']})",
+                *[by_metric.get(k, "-") for k in metrics],
+            ]
+        )
     story.append(_table(["perturbation", "severity", "model", "subgroup", "n", *metrics], rows))
     return story
 
@@ -148,20 +208,33 @@ def _traceability_section(run: RunData) -> list[Any]:
     man = run.manifest
     story: list[Any] = [PageBreak(), Paragraph("6. Traceability", _STYLES["Heading2"])]
     soft = man["software"]
-    rows = [["scenario SHA-256", man["scenario_sha256"]], ["seed", str(man["seed"])],
-            ["device / dtype", f"{man['device']} / {man['dtype']}"], ["python", soft["python"]],
-            ["platform", soft["platform"]]]
+    rows = [
+        ["scenario SHA-256", man["scenario_sha256"]],
+        ["seed", str(man["seed"])],
+        ["device / dtype", f"{man['device']} / {man['dtype']}"],
+        ["python", soft["python"]],
+        ["platform", soft["platform"]],
+    ]
     rows += [[name, str(v)] for name, v in sorted(soft["packages"].items())]
     story.append(_table(["item", "value"], rows, [40 * mm, 130 * mm]))
     story.append(Spacer(1, 4 * mm))
-    story.append(_table(["run output", "SHA-256"], [[k, v] for k, v in sorted(man["outputs"].items())],
-                        [50 * mm, 120 * mm]))
+    story.append(
+        _table(
+            ["run output", "SHA-256"],
+            [[k, v] for k, v in sorted(man["outputs"].items())],
+            [50 * mm, 120 * mm],
+        )
+    )
     story.append(Paragraph("7. Limits of this evidence", _STYLES["Heading2"]))
-    story.append(Paragraph(
-        "Results come from procedurally generated synthetic phantoms with exact reference standard. They show how "
-        "the models respond to controlled, physically parameterised changes of the input; they add to clinical "
-        "performance data and do not replace it. Perturbation physics, phantom credibility and statistical methods "
-        "are described in the phantom-stress documentation (docs/).", _STYLES["BodyText"]))
+    story.append(
+        Paragraph(
+            "Results come from procedurally generated synthetic phantoms with exact reference standard. "
+            "They show how the models respond to controlled, physically parameterised changes of the input; "
+            "they add to clinical performance data and do not replace it. Perturbation physics, phantom "
+            "credibility and statistical methods are described in the phantom-stress documentation (docs/).",
+            _STYLES["BodyText"],
+        )
+    )
     return story
 
 
@@ -173,14 +246,28 @@ def build_report(run_dir: str | Path) -> Path:
     pdf = out_dir / "report.pdf"
     rl_config.invariant = 1
     title = f"phantom-stress evidence pack: {run.scenario.name}"
-    story: list[Any] = [Paragraph(title, _STYLES["Title"]),
-                        Paragraph(f"Run created {run.manifest['created_utc']} (UTC); scenario SHA-256 "
-                                  f"{run.manifest['scenario_sha256']}", _SMALL), Spacer(1, 4 * mm)]
+    story: list[Any] = [
+        Paragraph(title, _STYLES["Title"]),
+        Paragraph(
+            f"Run created {run.manifest['created_utc']} (UTC); scenario SHA-256 "
+            f"{run.manifest['scenario_sha256']}",
+            _SMALL,
+        ),
+        Spacer(1, 4 * mm),
+    ]
     story += _scenario_section(run) + _gate_section(run) + _curves_section(run, out_dir / "figures")
     story += _metrics_section(run) + _traceability_section(run)
     tmp = out_dir / ".report.pdf.build"
-    doc = SimpleDocTemplate(str(tmp), pagesize=A4, title=title, author="phantom-stress",
-                            leftMargin=18 * mm, rightMargin=18 * mm, topMargin=16 * mm, bottomMargin=16 * mm)
+    doc = SimpleDocTemplate(
+        str(tmp),
+        pagesize=A4,
+        title=title,
+        author="phantom-stress",
+        leftMargin=18 * mm,
+        rightMargin=18 * mm,
+        topMargin=16 * mm,
+        bottomMargin=16 * mm,
+    )
     doc.build(story)
     write_atomic(pdf, tmp.read_bytes())
     tmp.unlink()

@@ -19,7 +19,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from perturbations.base import PERTURBATIONS, Perturbation, PerturbationSpec, Props, Severity, Spacing, check_batch
+from perturbations.base import (
+    PERTURBATIONS,
+    Perturbation,
+    PerturbationSpec,
+    Props,
+    Severity,
+    Spacing,
+    check_batch,
+)
 
 FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 TRUNCATE_SIGMAS = 4.0
@@ -40,7 +48,9 @@ class GaussianBlurParams:
     fwhm_mm: float
 
 
-def sample_gaussian_blur(spec: GaussianBlurSpec, severity: float, rng: np.random.Generator) -> GaussianBlurParams:
+def sample_gaussian_blur(
+    spec: GaussianBlurSpec, severity: float, rng: np.random.Generator
+) -> GaussianBlurParams:
     """Parameters for a blur of FWHM ``severity`` mm (deterministic: ``rng`` is not used)."""
     return GaussianBlurParams(fwhm_mm=float(severity))
 

@@ -1,4 +1,4 @@
-"""CT dose reduction: quantum noise whose standard deviation scales as dose^-1/2.
+r"""CT dose reduction: quantum noise whose standard deviation scales as dose^-1/2.
 
 In CT, image noise is dominated by photon (quantum) noise; for a fixed reconstruction its standard
 deviation scales with the inverse square root of the tube current-time product, i.e. of the dose
@@ -6,11 +6,11 @@ deviation scales with the inverse square root of the tube current-time product, 
 Kalender, *Computed Tomography*, 3rd ed., 2011, §5.6). With ``sigma_ref`` the noise at the
 reference dose, a scan at dose fraction ``d`` has total noise
 
-.. math:: \\sigma(d) = \\sigma_{ref} / \\sqrt{d}
+.. math:: \sigma(d) = \sigma_{ref} / \sqrt{d}
 
 and since independent noise adds in variance, an image that already carries ``sigma_0`` receives
 
-.. math:: \\sigma_{add} = \\sqrt{\\max(\\sigma(d)^2 - \\sigma_0^2, 0)}.
+.. math:: \sigma_{add} = \sqrt{\max(\sigma(d)^2 - \sigma_0^2, 0)}.
 
 The noise is white (uncorrelated between voxels) here; kernel-shaped noise power spectra belong to
 the reconstruction-kernel perturbation.
@@ -74,8 +74,9 @@ def sample_ct_dose(spec: CTDoseSpec, severity: float, rng: np.random.Generator) 
     """Parameters for a scan at dose fraction ``severity`` (> 0)."""
     total = spec.reference_noise_hu / math.sqrt(severity)
     added = math.sqrt(max(total**2 - spec.existing_noise_hu**2, 0.0))
-    return CTDoseParams(dose_fraction=float(severity), total_noise_hu=total, added_noise_hu=added,
-                        seed=draw_seed(rng))
+    return CTDoseParams(
+        dose_fraction=float(severity), total_noise_hu=total, added_noise_hu=added, seed=draw_seed(rng)
+    )
 
 
 def apply_ct_dose(x: Tensor, spacing_mm: Spacing, params: Sequence[CTDoseParams]) -> Tensor:
@@ -97,8 +98,15 @@ PERTURBATIONS.register(
         description="CT dose reduction: white quantum noise with std = reference_noise_hu / sqrt(dose)",
         spec=CTDoseSpec,
         params=CTDoseParams,
-        severity=Severity(name="dose_fraction", unit="fraction of reference dose", low=0.0,
-                          low_inclusive=False, high=10.0, nominal=1.0, harsher="lower"),
+        severity=Severity(
+            name="dose_fraction",
+            unit="fraction of reference dose",
+            low=0.0,
+            low_inclusive=False,
+            high=10.0,
+            nominal=1.0,
+            harsher="lower",
+        ),
         props=Props(intensity_only=True, identity_at_nominal=False, random=True),
         sample=sample_ct_dose,
         apply=apply_ct_dose,

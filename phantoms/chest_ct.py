@@ -34,8 +34,14 @@ from phantoms.population import PopulationSpec, case_rng, draw_level
 STREAM_CASE = 1  # stream id of the per-case phantom draws (see phantoms.population.case_rng)
 
 HU = {
-    "air": -1000.0, "lung": -850.0, "fat": -100.0, "mediastinum": -80.0, "muscle": 50.0,
-    "blood": 40.0, "trabecular_bone": 250.0, "cortical_bone": 1000.0,
+    "air": -1000.0,
+    "lung": -850.0,
+    "fat": -100.0,
+    "mediastinum": -80.0,
+    "muscle": 50.0,
+    "blood": 40.0,
+    "trabecular_bone": 250.0,
+    "cortical_bone": 1000.0,
 }
 FAT_MM = {"normal": (8.0, 14.0), "overweight": (16.0, 24.0), "obese": (28.0, 40.0)}
 SEX_SCALE = {"female": 0.92, "male": 1.0}
@@ -101,8 +107,12 @@ def chest_ct_attributes(spec: ChestCTSpec) -> tuple[Attribute, ...]:
     return (
         Attribute(name="sex", levels=tuple(SEX_SCALE), effect="body size x0.92 for female"),
         Attribute(name="bmi_band", levels=tuple(FAT_MM), effect="subcutaneous fat thickness (mm)"),
-        Attribute(name="lesion_size", levels=tuple(spec.lesion_size_bands_mm), lesion_level=True,
-                  effect="nodule diameter band (mm)"),
+        Attribute(
+            name="lesion_size",
+            levels=tuple(spec.lesion_size_bands_mm),
+            lesion_level=True,
+            effect="nodule diameter band (mm)",
+        ),
     )
 
 
@@ -112,10 +122,10 @@ class _Draw:
 
     label: int
     attributes: dict[str, str]
-    body: tuple[float, float, float]          # half-axes x, y of the outline; fat thickness
-    lung_z: float                             # z centre of both lungs
-    vessels: np.ndarray                       # (2 * vessels_per_lung, 7): p0 xyz, p1 xyz, radius
-    spheres: np.ndarray                       # (n, 4): centre zyx, radius (nodule = union); may be empty
+    body: tuple[float, float, float]  # half-axes x, y of the outline; fat thickness
+    lung_z: float  # z centre of both lungs
+    vessels: np.ndarray  # (2 * vessels_per_lung, 7): p0 xyz, p1 xyz, radius
+    spheres: np.ndarray  # (n, 4): centre zyx, radius (nodule = union); may be empty
     lesion: dict[str, Any] | None
 
 
@@ -170,8 +180,9 @@ def _point_in_ellipsoid(rng: np.random.Generator, centre, half_axes, rmin: float
     return [c + r * di * a for c, di, a in zip(centre, d, half_axes, strict=True)]
 
 
-def _draw_nodule(spec: ChestCTSpec, rng: np.random.Generator, geo: dict[str, Any], lung_z: float,
-                 band: str) -> tuple[np.ndarray, dict[str, Any]]:
+def _draw_nodule(
+    spec: ChestCTSpec, rng: np.random.Generator, geo: dict[str, Any], lung_z: float, band: str
+) -> tuple[np.ndarray, dict[str, Any]]:
     lo, hi = spec.lesion_size_bands_mm[band]
     diameter = rng.uniform(lo, hi)
     r = diameter / 2
@@ -192,9 +203,16 @@ def _draw_nodule(spec: ChestCTSpec, rng: np.random.Generator, geo: dict[str, Any
         for _ in range(int(rng.integers(2, 4))):
             d = rng.normal(size=3)
             d /= np.linalg.norm(d)
-            spheres.append([z + 0.6 * r * d[0], y + 0.6 * r * d[1], x + 0.6 * r * d[2], r * rng.uniform(0.45, 0.65)])
-    lesion = {"type": "solid", "shape": "lobulated" if lobulated else "spherical", "side": "RL"[side],
-              "diameter_mm": diameter, "hu": spec.nodule_hu}
+            spheres.append(
+                [z + 0.6 * r * d[0], y + 0.6 * r * d[1], x + 0.6 * r * d[2], r * rng.uniform(0.45, 0.65)]
+            )
+    lesion = {
+        "type": "solid",
+        "shape": "lobulated" if lobulated else "spherical",
+        "side": "RL"[side],
+        "diameter_mm": diameter,
+        "hu": spec.nodule_hu,
+    }
     return np.array(spheres, dtype=np.float64), lesion
 
 
@@ -223,14 +241,19 @@ def _ellipsoid_sd(x, y, z, cx, cy, cz, a, b, c) -> Tensor:
 
 
 def _segment_sd(x, y, z, seg: Tensor) -> Tensor:
-    """Signed distance (mm) to capsules; ``seg`` is (B, 7): p0 xyz, p1 xyz, radius."""
-    p0 = [seg[:, i].view(-1, 1, 1, 1) for i in range(3)]
-    d = [seg[:, 3 + i].view(-1, 1, 1, 1) - p0[i] for i in range(3)]
+    """Signed distance (mm) to capsules; ``seg`` is (B, 7): p0 xyz, p1 xyz, radius.
+
+    Uses ``|r - t d|^2 = |r|^2 - 2 t (r.d) + t^2 |d|^2`` so that only the dot product and the final
+    combination are full-volume operations (the per-axis terms broadcast from 1-D).
+    """
+    col = [seg[:, i].view(-1, 1, 1, 1) for i in range(7)]
+    rel = [x - col[0], y - col[1], z - col[2]]
+    d = [col[3] - col[0], col[4] - col[1], col[5] - col[2]]
     length2 = torch.clamp(d[0] ** 2 + d[1] ** 2 + d[2] ** 2, min=1e-6)
-    rel = [x - p0[0], y - p0[1], z - p0[2]]
-    t = torch.clamp((rel[0] * d[0] + rel[1] * d[1] + rel[2] * d[2]) / length2, 0.0, 1.0)
-    dist2 = sum((rel[i] - t * d[i]) ** 2 for i in range(3))
-    return torch.sqrt(dist2) - seg[:, 6].view(-1, 1, 1, 1)
+    dot = rel[0] * d[0] + rel[1] * d[1] + rel[2] * d[2]
+    t = torch.clamp(dot / length2, 0.0, 1.0)
+    dist2 = (rel[0] ** 2 + rel[1] ** 2 + rel[2] ** 2) - t * (2.0 * dot - t * length2)
+    return torch.sqrt(torch.clamp(dist2, min=0.0)) - col[6]
 
 
 def _paint(img: Tensor, sd: Tensor, hu: float, ramp_mm: float, within: Tensor | None = None) -> Tensor:
@@ -241,8 +264,9 @@ def _paint(img: Tensor, sd: Tensor, hu: float, ramp_mm: float, within: Tensor | 
     return img + frac * (hu - img)
 
 
-def generate_chest_ct(spec: ChestCTSpec, population: PopulationSpec, seed: int, indices: Sequence[int],
-                      device: torch.device) -> CaseBatch:
+def generate_chest_ct(
+    spec: ChestCTSpec, population: PopulationSpec, seed: int, indices: Sequence[int], device: torch.device
+) -> CaseBatch:
     """Render cases ``indices`` of the population as a batch on ``device``.
 
     Returns:
@@ -274,8 +298,12 @@ def generate_chest_ct(spec: ChestCTSpec, population: PopulationSpec, seed: int, 
         img = _paint(img, sd, HU["lung"], ramp)
     hx, hy = _col([g["heart"][0][0] for g in geos], device), _col([g["heart"][0][1] for g in geos], device)
     ha, hb = _col([g["heart"][1][0] for g in geos], device), _col([g["heart"][1][1] for g in geos], device)
-    img = _paint(img, _ellipsoid_sd(x, y, z, hx, hy, lung_z - 30.0, ha, hb, torch.full_like(ha, 90.0)),
-                 HU["blood"], ramp)
+    img = _paint(
+        img,
+        _ellipsoid_sd(x, y, z, hx, hy, lung_z - 30.0, ha, hb, torch.full_like(ha, 90.0)),
+        HU["blood"],
+        ramp,
+    )
     for key, hu in (("aorta", HU["blood"]), ("spine", HU["cortical_bone"])):
         px, py = _col([g[key][0][0] for g in geos], device), _col([g[key][0][1] for g in geos], device)
         r = _col([g[key][1] for g in geos], device)
@@ -285,14 +313,18 @@ def generate_chest_ct(spec: ChestCTSpec, population: PopulationSpec, seed: int, 
     n_vessels = draws[0].vessels.shape[0]
     if n_vessels:
         vessels = torch.tensor(np.stack([d.vessels for d in draws]), dtype=torch.float32, device=device)
-        for k in range(n_vessels):
-            img = _paint(img, _segment_sd(x, y, z, vessels[:, k]), HU["blood"], ramp, within=lung_in)
+        vessel_sd = _segment_sd(x, y, z, vessels[:, 0])
+        for k in range(1, n_vessels):
+            vessel_sd = torch.minimum(vessel_sd, _segment_sd(x, y, z, vessels[:, k]))
+        img = _paint(img, vessel_sd, HU["blood"], ramp, within=lung_in)
     mask = torch.zeros(img.shape, dtype=torch.bool, device=device)
     n_spheres = max(d.spheres.shape[0] for d in draws)
     if n_spheres:
         # Pad every case to n_spheres with far-away empty spheres, then take the union (min distance).
         pad = np.array([[1e6, 1e6, 1e6, 0.0]])
-        sph = np.stack([np.concatenate([d.spheres, np.repeat(pad, n_spheres - len(d.spheres), 0)]) for d in draws])
+        sph = np.stack(
+            [np.concatenate([d.spheres, np.repeat(pad, n_spheres - len(d.spheres), 0)]) for d in draws]
+        )
         sph_t = torch.tensor(sph, dtype=torch.float32, device=device)
         sd = torch.full_like(img, float("inf"))
         for k in range(n_spheres):
@@ -310,9 +342,14 @@ def generate_chest_ct(spec: ChestCTSpec, population: PopulationSpec, seed: int, 
         centre = [float(v) for v in d.spheres[0, :3]]
         lesions.append(({**d.lesion, "centre_mm": centre, "volume_mm3": vol},))
     return CaseBatch(
-        image=img.unsqueeze(1), mask=mask.unsqueeze(1), spacing_mm=tuple(spec.spacing_mm), modality="CT",
-        case_index=tuple(int(i) for i in indices), label=tuple(d.label for d in draws),
-        attributes=tuple(d.attributes for d in draws), lesions=tuple(lesions),
+        image=img.unsqueeze(1),
+        mask=mask.unsqueeze(1),
+        spacing_mm=tuple(spec.spacing_mm),
+        modality="CT",
+        case_index=tuple(int(i) for i in indices),
+        label=tuple(d.label for d in draws),
+        attributes=tuple(d.attributes for d in draws),
+        lesions=tuple(lesions),
     )
 
 

@@ -30,7 +30,9 @@ class PopulationSpec(BaseModel):
     def _probabilities(cls, value: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
         for name, dist in value.items():
             if not dist:
-                raise ValueError(f"attribute '{name}' has no levels (expected at least one level: probability)")
+                raise ValueError(
+                    f"attribute '{name}' has no levels (expected at least one level: probability)"
+                )
             for level, p in dist.items():
                 if not 0.0 <= p <= 1.0:
                     raise ValueError(f"probability of {name}={level} must be in [0, 1], got {p}")

@@ -17,8 +17,12 @@ from rich.table import Table
 
 from stress.errors import ScenarioError, StressError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Synthetic-phantom stress testing and regulatory evidence for imaging AI models.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Synthetic-phantom stress testing and regulatory evidence for imaging AI models.",
+)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
@@ -60,7 +64,9 @@ def _fields(spec) -> str:
 
 
 @app.command("list")
-def list_(kind: Annotated[Kind | None, typer.Argument(help="what to list (all when omitted)")] = None) -> None:
+def list_(
+    kind: Annotated[Kind | None, typer.Argument(help="what to list (all when omitted)")] = None,
+) -> None:
     """Show the registered phantoms, perturbations, metrics and model adapters with their parameters."""
     from perturbations import PERTURBATIONS
     from phantoms import PHANTOMS
@@ -75,8 +81,10 @@ def list_(kind: Annotated[Kind | None, typer.Argument(help="what to list (all wh
                 table.add_column(col)
             for name, g in PHANTOMS.items():
                 spec = g.spec()
-                attrs = "; ".join(f"{a.name}: {'|'.join(a.levels)}" + (" (lesion)" if a.lesion_level else "")
-                                  for a in g.attributes(spec))
+                attrs = "; ".join(
+                    f"{a.name}: {'|'.join(a.levels)}" + (" (lesion)" if a.lesion_level else "")
+                    for a in g.attributes(spec)
+                )
                 table.add_row(name, g.modality, _fields(g.spec), attrs)
         elif k is Kind.perturbations:
             for col in ("name", "severity [unit]", "range", "nominal", "parameters (defaults)"):
@@ -94,7 +102,9 @@ def list_(kind: Annotated[Kind | None, typer.Argument(help="what to list (all wh
             for col in ("adapter", "scenario key", "loads"):
                 table.add_column(col)
             for name, adapter in ADAPTERS.items():
-                table.add_row(name, f"{name}: module:factory", (adapter.__doc__ or "").strip().splitlines()[0])
+                table.add_row(
+                    name, f"{name}: module:factory", (adapter.__doc__ or "").strip().splitlines()[0]
+                )
         out.print(table)
 
 

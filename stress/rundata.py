@@ -30,18 +30,26 @@ def load_run(root: str | Path, verify: bool = True) -> RunData:
     store = RunStore(root)
     manifest = store.read_manifest()
     if manifest.get("status") != "complete":
-        raise StressError(f"{store.root}: the run is not complete (status {manifest.get('status')!r}); run the same "
-                          "`stress run` command again to resume it")
+        raise StressError(
+            f"{store.root}: the run is not complete (status {manifest.get('status')!r}); run the same "
+            "`stress run` command again to resume it"
+        )
     if verify:
         for rel, digest in manifest.get("outputs", {}).items():
             path = store.root / rel
             if not path.exists():
-                raise StressError(f"{path}: missing, but listed in the manifest (expected sha256 {digest[:12]}...)")
+                raise StressError(
+                    f"{path}: missing, but listed in the manifest (expected sha256 {digest[:12]}...)"
+                )
             if sha256_path(path) != digest:
-                raise StressError(f"{path}: SHA-256 differs from the manifest (file changed after the run; "
-                                  "expected the run's own outputs)")
+                raise StressError(
+                    f"{path}: SHA-256 differs from the manifest (file changed after the run; "
+                    "expected the run's own outputs)"
+                )
     try:
         scenario = parse_scenario(manifest["scenario_text"], f"{store.manifest_path}:scenario_text")
     except (KeyError, ScenarioError) as exc:
-        raise StressError(f"{store.manifest_path}: cannot rebuild the scenario from the manifest ({exc})") from None
+        raise StressError(
+            f"{store.manifest_path}: cannot rebuild the scenario from the manifest ({exc})"
+        ) from None
     return RunData(store.root, manifest, scenario, store.read_results(), store.read_metrics())

@@ -58,8 +58,10 @@ def chains(sc: Scenario) -> Iterator[tuple[str, float, list[Step]]]:
         pert = PERTURBATIONS.get(sweep.name)
         for severity in sweep.severities:
             swept = Step(sweep.name, severity, pert.spec.model_validate(sweep.params))
-            chain = [Step(b.name, b.severity, PERTURBATIONS.get(b.name).spec.model_validate(b.params))
-                     for b in sc.baseline]
+            chain = [
+                Step(b.name, b.severity, PERTURBATIONS.get(b.name).spec.model_validate(b.params))
+                for b in sc.baseline
+            ]
             names = [s.name for s in chain]
             if sweep.name in names:
                 chain[names.index(sweep.name)] = swept
@@ -79,8 +81,10 @@ def sample_chain(sc: Scenario, chain: list[Step], batch: CaseBatch) -> list[Appl
     for step in chain:
         pert = PERTURBATIONS.get(step.name)
         key = zlib.crc32(step.name.encode())
-        params = tuple(pert.sample(step.spec, step.severity, case_rng(sc.seed, STREAM_PERTURBATION, i, key))
-                       for i in batch.case_index)
+        params = tuple(
+            pert.sample(step.spec, step.severity, case_rng(sc.seed, STREAM_PERTURBATION, i, key))
+            for i in batch.case_index
+        )
         steps.append(AppliedPerturbation(step.name, params))
     return steps
 
@@ -89,7 +93,9 @@ def _case_columns(batch: CaseBatch, b: int) -> dict[str, Any]:
     lesions = batch.lesions[b] if batch.lesions else ()
     first = lesions[0] if lesions else {}
     return {
-        "case_id": case_id(batch.case_index[b]), "case_index": batch.case_index[b], "label": batch.label[b],
+        "case_id": case_id(batch.case_index[b]),
+        "case_index": batch.case_index[b],
+        "label": batch.label[b],
         **batch.attributes[b],
         "lesion_diameter_mm": float(first.get("diameter_mm", math.nan)),
         "lesion_volume_mm3": float(first.get("volume_mm3", math.nan)),
@@ -97,8 +103,14 @@ def _case_columns(batch: CaseBatch, b: int) -> dict[str, Any]:
     }
 
 
-def run_chunk(sc: Scenario, chunk: int, models: list[LoadedModel], device: torch.device,
-              progress: Progress | None = None, task: Any = None) -> pd.DataFrame:
+def run_chunk(
+    sc: Scenario,
+    chunk: int,
+    models: list[LoadedModel],
+    device: torch.device,
+    progress: Progress | None = None,
+    task: Any = None,
+) -> pd.DataFrame:
     """All rows of one chunk of cases."""
     gen = PHANTOMS.get(sc.phantom.generator)
     spec = phantom_spec(sc)
@@ -118,12 +130,20 @@ def run_chunk(sc: Scenario, chunk: int, models: list[LoadedModel], device: torch
             for model in models:
                 scores = model.predict(image, batch.spacing_mm, ids).tolist()
                 for b, score in enumerate(scores):
-                    rows.append({
-                        **case_cols[b], "chunk": chunk, "perturbation": name, "severity_name": sev.name,
-                        "severity_unit": sev.unit, "severity": float(severity),
-                        "params_json": json.dumps([s.record(b) for s in steps], sort_keys=True),
-                        "model": model.name, "model_role": model.role, "score": float(score),
-                    })
+                    rows.append(
+                        {
+                            **case_cols[b],
+                            "chunk": chunk,
+                            "perturbation": name,
+                            "severity_name": sev.name,
+                            "severity_unit": sev.unit,
+                            "severity": float(severity),
+                            "params_json": json.dumps([s.record(b) for s in steps], sort_keys=True),
+                            "model": model.name,
+                            "model_role": model.role,
+                            "score": float(score),
+                        }
+                    )
                 if progress is not None:
                     progress.advance(task, len(indices))
     return pd.DataFrame(rows)
@@ -134,7 +154,9 @@ def resolve_device(name: str) -> torch.device:
     if name not in ("cpu", "cuda"):
         raise StressError(f"--device: unknown device '{name}' (expected cpu or cuda)")
     if name == "cuda" and not torch.cuda.is_available():
-        raise StressError("--device cuda: no CUDA device is available (expected a machine with a GPU, or --device cpu)")
+        raise StressError(
+            "--device cuda: no CUDA device is available (expected a machine with a GPU, or --device cpu)"
+        )
     return torch.device(name)
 
 
@@ -143,22 +165,34 @@ def _check_resumable(old: dict[str, Any], new: dict[str, Any], store: RunStore) 
         raise StressError(f"{store.manifest_path}: format {old.get('format')!r} (expected {FORMAT})")
     for key, what in (("scenario_sha256", "scenario"), ("device", "device"), ("models", "models")):
         if old.get(key) != new.get(key):
-            raise StressError(f"{store.root}: holds a run with a different {what} ({key} differs); expected the same "
-                              "scenario, device and models to resume, or choose a new --out directory")
+            raise StressError(
+                f"{store.root}: holds a run with a different {what} ({key} differs); expected the same "
+                "scenario, device and models to resume, or choose a new --out directory"
+            )
 
 
-def run_scenario(loaded: LoadedScenario, out: str | Path, device_name: str = "cpu",
-                 show_progress: bool = True) -> RunStore:
+def run_scenario(
+    loaded: LoadedScenario, out: str | Path, device_name: str = "cpu", show_progress: bool = True
+) -> RunStore:
     """Run (or resume) ``loaded`` into the run directory ``out``; return its store."""
     sc = loaded.scenario
     device = resolve_device(device_name)
     store = RunStore(out)
     models = [load_model(m, device, i) for i, m in enumerate(sc.models)]
     manifest: dict[str, Any] = {
-        "format": FORMAT, "status": "running", "scenario_name": sc.name, "scenario_path": loaded.path,
-        "scenario_sha256": loaded.sha256, "scenario_text": loaded.text, "seed": sc.seed, "device": device.type,
-        "dtype": "float32", "software": software_versions(), "n_cases": sc.phantom.n_cases,
-        "chunk_cases": sc.execution.chunk_cases, "n_evaluations": sc.n_evaluations(),
+        "format": FORMAT,
+        "status": "running",
+        "scenario_name": sc.name,
+        "scenario_path": loaded.path,
+        "scenario_sha256": loaded.sha256,
+        "scenario_text": loaded.text,
+        "seed": sc.seed,
+        "device": device.type,
+        "dtype": "float32",
+        "software": software_versions(),
+        "n_cases": sc.phantom.n_cases,
+        "chunk_cases": sc.execution.chunk_cases,
+        "n_evaluations": sc.n_evaluations(),
         "models": {m.name: {"role": m.role, "threshold": m.threshold, **m.fingerprint} for m in models},
     }
     if store.exists():
@@ -172,11 +206,21 @@ def run_scenario(loaded: LoadedScenario, out: str | Path, device_name: str = "cp
     done = store.done_chunks()
     todo = [c for c in range(n_chunks) if c not in done]
     per_case = sc.n_evaluations() // sc.phantom.n_cases
-    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
+    columns = [
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+    ]
     with Progress(*columns, disable=not show_progress, transient=False) as progress:
         task = progress.add_task(f"{sc.name} evaluations", total=sc.n_evaluations())
-        progress.advance(task, sum(min(sc.execution.chunk_cases, sc.phantom.n_cases - c * sc.execution.chunk_cases)
-                                   for c in done) * per_case)
+        progress.advance(
+            task,
+            sum(
+                min(sc.execution.chunk_cases, sc.phantom.n_cases - c * sc.execution.chunk_cases) for c in done
+            )
+            * per_case,
+        )
         for chunk in todo:
             store.write_part(chunk, run_chunk(sc, chunk, models, device, progress, task))
     results = store.read_results()

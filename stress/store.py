@@ -30,8 +30,19 @@ FORMAT = "phantom-stress/run/1"
 MANIFEST = "manifest.json"
 RESULTS = "results.parquet"
 METRICS = "metrics.parquet"
-PACKAGES = ("torch", "numpy", "scipy", "scikit-learn", "pandas", "pyarrow", "pydantic", "pyyaml",
-            "matplotlib", "reportlab", "phantom-stress")
+PACKAGES = (
+    "torch",
+    "numpy",
+    "scipy",
+    "scikit-learn",
+    "pandas",
+    "pyarrow",
+    "pydantic",
+    "pyyaml",
+    "matplotlib",
+    "reportlab",
+    "phantom-stress",
+)
 
 
 def sha256_path(path: Path) -> str:
@@ -93,8 +104,10 @@ class RunStore:
         try:
             return json.loads(self.manifest_path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise StressError(f"{self.root}: not a run directory ({MANIFEST} is missing; "
-                              "expected the --out directory of `stress run`)") from None
+            raise StressError(
+                f"{self.root}: not a run directory ({MANIFEST} is missing; "
+                "expected the --out directory of `stress run`)"
+            ) from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise StressError(f"{self.manifest_path}: unreadable manifest ({exc}); expected JSON") from None
 
@@ -123,22 +136,28 @@ class RunStore:
         """All result rows, in (chunk, row) order."""
         parts = sorted(self.results_dir.glob("part-*.parquet")) if self.results_dir.exists() else []
         if not parts:
-            raise StressError(f"{self.root}: no results ({RESULTS}/ has no part files; run `stress run` first)")
+            raise StressError(
+                f"{self.root}: no results ({RESULTS}/ has no part files; run `stress run` first)"
+            )
         frames = []
         for part in parts:
             try:
                 frames.append(pd.read_parquet(part))
             except Exception as exc:  # noqa: BLE001  (any pyarrow error means a damaged file)
-                raise StressError(f"{part}: unreadable results part ({exc}); delete it and re-run the same "
-                                  "`stress run` command to recompute that chunk") from None
+                raise StressError(
+                    f"{part}: unreadable results part ({exc}); delete it and re-run the same "
+                    "`stress run` command to recompute that chunk"
+                ) from None
         return pd.concat(frames, ignore_index=True)
 
     def read_metrics(self) -> pd.DataFrame:
         """The statistics table written at the end of a run."""
         path = self.root / METRICS
         if not path.exists():
-            raise StressError(f"{path}: missing (the run did not finish; run the same `stress run` command "
-                              "again to resume it)")
+            raise StressError(
+                f"{path}: missing (the run did not finish; run the same `stress run` command "
+                "again to resume it)"
+            )
         return pd.read_parquet(path)
 
     def output_hashes(self) -> dict[str, str]:

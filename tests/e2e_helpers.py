@@ -38,8 +38,12 @@ execution: {{batch_size: 2, chunk_cases: 2}}
 """
 
 
-def write_scenario(path: Path, n_cases: int = 12, reference: str = "stress.models.demo:reference",
-                   candidate: str = "stress.models.demo:candidate") -> Path:
+def write_scenario(
+    path: Path,
+    n_cases: int = 12,
+    reference: str = "stress.models.demo:reference",
+    candidate: str = "stress.models.demo:candidate",
+) -> Path:
     path.write_text(TINY.format(n_cases=n_cases, reference=reference, candidate=candidate))
     return path
 

@@ -1,4 +1,4 @@
-"""End to end through the CLI: run, resume after SIGKILL, gate, report (determinism, content, PDF validity)."""
+"""End to end through the CLI: run, resume after SIGKILL, gate, report (determinism, content, validity)."""
 
 from __future__ import annotations
 
@@ -48,8 +48,13 @@ def test_run_writes_manifest_results_and_metrics(clean_run):
 def test_killed_run_resumes_to_identical_results(clean_run, tmp_path):
     scenario, reference_run = clean_run
     out = tmp_path / "killed"
-    proc = subprocess.Popen(cli_args("run", str(scenario), "--out", str(out), "--no-progress"), env=env(), cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cli_args("run", str(scenario), "--out", str(out), "--no-progress"),
+        env=env(),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 300
     while not list((out / "results.parquet").glob("part-*.parquet")) and time.monotonic() < deadline:
         time.sleep(0.005)
@@ -67,8 +72,14 @@ def test_killed_run_resumes_to_identical_results(clean_run, tmp_path):
 def test_interrupt_with_ctrl_c_keeps_chunks_and_exits_130(clean_run, tmp_path):
     scenario, _ = clean_run
     out = tmp_path / "sigint"
-    proc = subprocess.Popen(cli_args("run", str(scenario), "--out", str(out), "--no-progress"), env=env(), cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cli_args("run", str(scenario), "--out", str(out), "--no-progress"),
+        env=env(),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 300
     while not list((out / "results.parquet").glob("part-*.parquet")) and time.monotonic() < deadline:
         time.sleep(0.005)
@@ -121,8 +132,9 @@ def test_replay_one_case_from_its_recorded_parameters(clean_run):
     sc = load_scenario(scenario).scenario
     results = pd.read_parquet(run / "results.parquet")
     row = results[(results["model"] == "v2") & (results["perturbation"] == "ct_dose")].iloc[5]
-    batch = PHANTOMS.get("chest_ct").generate(phantom_spec(sc), sc.population, sc.seed, [int(row["case_index"])],
-                                              torch.device("cpu"))
+    batch = PHANTOMS.get("chest_ct").generate(
+        phantom_spec(sc), sc.population, sc.seed, [int(row["case_index"])], torch.device("cpu")
+    )
     steps = steps_from_records([json.loads(row["params_json"])])
     image = apply_chain(batch.image, batch.spacing_mm, steps)
     with torch.inference_mode():

@@ -42,7 +42,9 @@ class CriterionVerdict:
 
 def _select(metrics: pd.DataFrame, crit: GateCriterion, sc: Scenario) -> pd.DataFrame:
     rule = parse_rule(crit.rule)
-    models = crit.models or [m.name for m in sc.models if m.role == "candidate"] or [m.name for m in sc.models]
+    models = (
+        crit.models or [m.name for m in sc.models if m.role == "candidate"] or [m.name for m in sc.models]
+    )
     sel = metrics[(metrics["metric"] == rule.metric) & metrics["model"].isin(models)]
     if rule.sweep is not None:
         sel = sel[(sel["perturbation"] == rule.sweep) | (sel["severity_name"] == rule.sweep)]
@@ -62,22 +64,32 @@ def evaluate_criterion(metrics: pd.DataFrame, crit: GateCriterion, sc: Scenario)
     rule = parse_rule(crit.rule)
     sel = _select(metrics, crit, sc)
     if sel.empty:
-        return CriterionVerdict(crit.id, crit.rule, crit.statistic, False, 0,
-                                reason="no result matched this rule (fails by default)")
+        return CriterionVerdict(
+            crit.id,
+            crit.rule,
+            crit.statistic,
+            False,
+            0,
+            reason="no result matched this rule (fails by default)",
+        )
     cells = [
-        {**{k: row[k] for k in CELL_KEYS}, "value": float(row[crit.statistic])}
-        for _, row in sel.iterrows()
+        {**{k: row[k] for k in CELL_KEYS}, "value": float(row[crit.statistic])} for _, row in sel.iterrows()
     ]
     sign = 1.0 if rule.op in (">=", ">") else -1.0
-    cells.sort(key=lambda c: (-math.inf if math.isnan(c["value"]) else sign * c["value"]))
+    cells.sort(key=lambda c: -math.inf if math.isnan(c["value"]) else sign * c["value"])
     failures = [c for c in cells if not rule.passes(c["value"])]
     worst = cells[0]
     if failures:
-        reason = (f"{len(failures)} of {len(cells)} cells fail; worst {crit.statistic}={worst['value']:.3f} "
-                  f"({_describe(worst)})")
+        reason = (
+            f"{len(failures)} of {len(cells)} cells fail; worst {crit.statistic}={worst['value']:.3f} "
+            f"({_describe(worst)})"
+        )
     else:
-        reason = f"all {len(cells)} cells pass; lowest margin {crit.statistic}={worst['value']:.3f} ({_describe(worst)})"
-    return CriterionVerdict(crit.id, crit.rule, crit.statistic, not failures, len(cells), failures, worst, reason)
+        margin = f"{crit.statistic}={worst['value']:.3f} ({_describe(worst)})"
+        reason = f"all {len(cells)} cells pass; lowest margin {margin}"
+    return CriterionVerdict(
+        crit.id, crit.rule, crit.statistic, not failures, len(cells), failures, worst, reason
+    )
 
 
 def _describe(cell: dict[str, Any]) -> str:
@@ -94,8 +106,15 @@ def junit_xml(verdicts: list[CriterionVerdict], suite: str) -> bytes:
     """JUnit XML (one testcase per criterion) as read by CI systems."""
     failures = sum(not v.passed for v in verdicts)
     root = ET.Element("testsuites", name="phantom-stress", tests=str(len(verdicts)), failures=str(failures))
-    ts = ET.SubElement(root, "testsuite", name=suite, tests=str(len(verdicts)), failures=str(failures),
-                       errors="0", skipped="0")
+    ts = ET.SubElement(
+        root,
+        "testsuite",
+        name=suite,
+        tests=str(len(verdicts)),
+        failures=str(failures),
+        errors="0",
+        skipped="0",
+    )
     for v in verdicts:
         case = ET.SubElement(ts, "testcase", classname=f"stress.gate.{suite}", name=f"{v.id}: {v.rule}")
         if not v.passed:

@@ -21,7 +21,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 OPS: dict[str, Callable[[float, float], bool]] = {
-    ">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt, "==": operator.eq,
+    ">=": operator.ge,
+    ">": operator.gt,
+    "<=": operator.le,
+    "<": operator.lt,
+    "==": operator.eq,
 }
 _NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _OP = r"(>=|<=|==|>|<)"
@@ -85,5 +89,12 @@ def parse_rule(text: str) -> Rule:
         scope = "every:" + scope_text.split()[-1]
     else:
         scope = re.sub(r"\s", "", scope_text[3:])
-    return Rule(metric=m["metric"], op=m["op"], threshold=float(m["value"]), sweep=m["sweep"],
-                sweep_op=m["sop"], sweep_value=float(m["svalue"]) if m["svalue"] else None, scope=scope)
+    return Rule(
+        metric=m["metric"],
+        op=m["op"],
+        threshold=float(m["value"]),
+        sweep=m["sweep"],
+        sweep_op=m["sop"],
+        sweep_value=float(m["svalue"]) if m["svalue"] else None,
+        scope=scope,
+    )

@@ -47,17 +47,23 @@ class LoadedModel:
         with torch.inference_mode():
             out = self.predictor.predict(image, spacing_mm)
         if not isinstance(out, Tensor):
-            raise StressError(f"model '{self.name}': predict() returned {type(out).__name__} "
-                              f"for cases {case_ids[0]}..{case_ids[-1]} (expected a torch.Tensor of shape (B,))")
+            raise StressError(
+                f"model '{self.name}': predict() returned {type(out).__name__} "
+                f"for cases {case_ids[0]}..{case_ids[-1]} (expected a torch.Tensor of shape (B,))"
+            )
         out = out.detach().reshape(-1) if out.ndim == 2 and out.shape[1] == 1 else out.detach()
         if tuple(out.shape) != (len(case_ids),):
-            raise StressError(f"model '{self.name}': output shape {tuple(out.shape)} for cases "
-                              f"{case_ids[0]}..{case_ids[-1]} (expected ({len(case_ids)},) probabilities)")
+            raise StressError(
+                f"model '{self.name}': output shape {tuple(out.shape)} for cases "
+                f"{case_ids[0]}..{case_ids[-1]} (expected ({len(case_ids)},) probabilities)"
+            )
         bad = ~torch.isfinite(out) | (out < 0) | (out > 1)
         if bool(bad.any()):
             i = int(torch.nonzero(bad)[0])
-            raise StressError(f"model '{self.name}': output {float(out[i])!r} for case {case_ids[i]} "
-                              "(expected a probability in [0, 1])")
+            raise StressError(
+                f"model '{self.name}': output {float(out[i])!r} for case {case_ids[i]} "
+                "(expected a probability in [0, 1])"
+            )
         return out.to(torch.float64).cpu()
 
 
@@ -90,18 +96,25 @@ def load_python(section: ModelSection, device: torch.device, where: str) -> Load
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise StressError(f"{where}.python: cannot import '{module_name}': {exc} (expected an importable module)") \
-            from None
+        raise StressError(
+            f"{where}.python: cannot import '{module_name}': {exc} (expected an importable module)"
+        ) from None
     factory = getattr(module, attr, None)
     if not callable(factory):
-        raise StressError(f"{where}.python: '{module_name}' has no callable '{attr}' (expected a factory function)")
+        raise StressError(
+            f"{where}.python: '{module_name}' has no callable '{attr}' (expected a factory function)"
+        )
     try:
         predictor = factory(device=device, **section.kwargs)
     except TypeError as exc:
-        raise StressError(f"{where}.kwargs: factory '{section.python}' rejected its arguments: {exc}") from None
+        raise StressError(
+            f"{where}.kwargs: factory '{section.python}' rejected its arguments: {exc}"
+        ) from None
     if not isinstance(predictor, Predictor):
-        raise StressError(f"{where}.python: factory returned {type(predictor).__name__} "
-                          "(expected an object with predict(image, spacing_mm))")
+        raise StressError(
+            f"{where}.python: factory returned {type(predictor).__name__} "
+            "(expected an object with predict(image, spacing_mm))"
+        )
     fingerprint: dict[str, Any] = {"adapter": "python", "target": section.python, "kwargs": section.kwargs}
     files = [Path(p) for p in getattr(predictor, "weight_files", [])]
     fingerprint["weights_sha256"] = {p.name: sha256_file(p) for p in files}

@@ -25,10 +25,19 @@ from stress.scenario.yaml_positions import Loc, format_loc, load_yaml_with_posit
 from stress.stats.metrics import METRICS
 
 _EXPECTED = {
-    "float_parsing": "a number", "float_type": "a number", "int_parsing": "an integer", "int_type": "an integer",
-    "int_from_float": "an integer", "string_type": "a string", "list_type": "a list", "dict_type": "a mapping",
-    "model_type": "a mapping", "bool_type": "true or false", "missing": "this field to be present",
-    "tuple_type": "a list", "model_attributes_type": "a mapping",
+    "float_parsing": "a number",
+    "float_type": "a number",
+    "int_parsing": "an integer",
+    "int_type": "an integer",
+    "int_from_float": "an integer",
+    "string_type": "a string",
+    "list_type": "a list",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+    "bool_type": "true or false",
+    "missing": "this field to be present",
+    "tuple_type": "a list",
+    "model_attributes_type": "a mapping",
 }
 
 
@@ -55,7 +64,8 @@ def _message(err: dict[str, Any]) -> str:
         limit = next(iter(ctx.values()), "?")
         return f"{msg} (expected a value {bounds[kind]} {limit}{got_txt})"
     if kind == "too_short":
-        return f"{msg.split(' after validation')[0]} (expected at least {ctx.get('min_length', 1)} item(s){got_txt})"
+        least = ctx.get("min_length", 1)
+        return f"{msg.split(' after validation')[0]} (expected at least {least} item(s){got_txt})"
     if kind == "string_pattern_mismatch":
         return f"{msg} (expected letters, digits, '_', '.', '-' or 'module:function'{got_txt})"
     return msg
@@ -77,8 +87,9 @@ def _model_at(root: type[BaseModel], loc: Loc) -> type[BaseModel] | None:
     return cls if isinstance(cls, type) and issubclass(cls, BaseModel) else None
 
 
-def _pydantic_problems(exc: ValidationError, root: type[BaseModel], prefix: Loc, file: str,
-                       positions: dict) -> list[Problem]:
+def _pydantic_problems(
+    exc: ValidationError, root: type[BaseModel], prefix: Loc, file: str, positions: dict
+) -> list[Problem]:
     problems = []
     for err in exc.errors(include_url=False):
         loc = (*prefix, *err["loc"])
@@ -98,8 +109,9 @@ def _pydantic_problems(exc: ValidationError, root: type[BaseModel], prefix: Loc,
     return problems
 
 
-def _check_params(spec_cls: type[BaseModel], params: dict, loc: Loc, file: str, positions: dict,
-                  problems: list[Problem]) -> BaseModel | None:
+def _check_params(
+    spec_cls: type[BaseModel], params: dict, loc: Loc, file: str, positions: dict, problems: list[Problem]
+) -> BaseModel | None:
     try:
         return spec_cls.model_validate(params)
     except ValidationError as exc:
@@ -115,24 +127,39 @@ def _semantic_problems(sc: Scenario, file: str, positions: dict) -> list[Problem
 
     gen_spec = None
     if sc.phantom.generator not in PHANTOMS:
-        add(("phantom", "generator"), unknown_name_message("phantom generator", sc.phantom.generator, PHANTOMS))
+        add(
+            ("phantom", "generator"),
+            unknown_name_message("phantom generator", sc.phantom.generator, PHANTOMS),
+        )
     else:
         gen = PHANTOMS.get(sc.phantom.generator)
         gen_spec = _check_params(gen.spec, sc.phantom.params, ("phantom", "params"), file, positions, out)
-    attributes = {a.name: a for a in PHANTOMS.get(sc.phantom.generator).attributes(gen_spec)} if gen_spec else {}
+    attributes = (
+        {a.name: a for a in PHANTOMS.get(sc.phantom.generator).attributes(gen_spec)} if gen_spec else {}
+    )
     if gen_spec is not None:
         for name, dist in sc.population.attributes.items():
             loc = ("population", "attributes", name)
             if name not in attributes:
-                add(loc, unknown_name_message(f"attribute of '{sc.phantom.generator}'", name, attributes), key=True)
+                add(
+                    loc,
+                    unknown_name_message(f"attribute of '{sc.phantom.generator}'", name, attributes),
+                    key=True,
+                )
                 continue
             for level in dist:
                 if level not in attributes[name].levels:
-                    add((*loc, level), unknown_name_message(f"level of '{name}'", level, attributes[name].levels),
-                        key=True)
+                    add(
+                        (*loc, level),
+                        unknown_name_message(f"level of '{name}'", level, attributes[name].levels),
+                        key=True,
+                    )
         for i, name in enumerate(sc.statistics.subgroups):
             if name not in attributes:
-                add(("statistics", "subgroups", i), unknown_name_message("subgroup attribute", name, attributes))
+                add(
+                    ("statistics", "subgroups", i),
+                    unknown_name_message("subgroup attribute", name, attributes),
+                )
     sweeps = [("baseline", i, s.name, [s.severity], s.params) for i, s in enumerate(sc.baseline)]
     sweeps += [("perturbations", i, p.name, p.severities, p.params) for i, p in enumerate(sc.perturbations)]
     for section, i, name, severities, params in sweeps:
@@ -144,13 +171,17 @@ def _semantic_problems(sc: Scenario, file: str, positions: dict) -> list[Problem
         for j, value in enumerate(severities):
             msg = pert.severity.check(value)
             if msg:
-                loc = (section, i, "severities", j) if section == "perturbations" else (section, i, "severity")
+                loc = (
+                    (section, i, "severities", j) if section == "perturbations" else (section, i, "severity")
+                )
                 add(loc, msg)
     names = [p.name for p in sc.perturbations]
     for i, name in enumerate(names):
         if name in names[:i]:
-            add(("perturbations", i, "name"), f"perturbation '{name}' is swept twice (expected one sweep each; "
-                "merge the severity lists)")
+            add(
+                ("perturbations", i, "name"),
+                f"perturbation '{name}' is swept twice (expected one sweep each; merge the severity lists)",
+            )
     for i, metric in enumerate(sc.metrics):
         if metric not in METRICS:
             add(("metrics", i), unknown_name_message("metric", metric, METRICS))
@@ -164,14 +195,19 @@ def _semantic_problems(sc: Scenario, file: str, positions: dict) -> list[Problem
         except (ImportError, ValueError):
             found = False
         if not found:
-            add(("models", i, "python"), f"module '{module}' cannot be found (expected an importable module:factory)")
+            add(
+                ("models", i, "python"),
+                f"module '{module}' cannot be found (expected an importable module:factory)",
+            )
     _gate_problems(sc, attributes, add)
     return out
 
 
 def _gate_problems(sc: Scenario, attributes: dict, add) -> None:
     sweep_names = {p.name for p in sc.perturbations}
-    sweep_names |= {PERTURBATIONS.get(p.name).severity.name for p in sc.perturbations if p.name in PERTURBATIONS}
+    sweep_names |= {
+        PERTURBATIONS.get(p.name).severity.name for p in sc.perturbations if p.name in PERTURBATIONS
+    }
     ids = [c.id for c in sc.gate]
     for i, crit in enumerate(sc.gate):
         if crit.id in ids[:i]:
@@ -182,31 +218,45 @@ def _gate_problems(sc: Scenario, attributes: dict, add) -> None:
             add(("gate", i, "rule"), str(exc))
             continue
         if rule.metric not in sc.metrics:
-            add(("gate", i, "rule"), f"metric '{rule.metric}' is not computed by this scenario"
-                f"{did_you_mean(rule.metric, sc.metrics)} (expected one of metrics: {', '.join(sc.metrics)})")
+            add(
+                ("gate", i, "rule"),
+                f"metric '{rule.metric}' is not computed by this scenario"
+                f"{did_you_mean(rule.metric, sc.metrics)} (expected one of metrics: {', '.join(sc.metrics)})",
+            )
         if rule.sweep is not None and rule.sweep not in sweep_names:
-            add(("gate", i, "rule"), unknown_name_message("perturbation or severity", rule.sweep, sweep_names))
+            add(
+                ("gate", i, "rule"), unknown_name_message("perturbation or severity", rule.sweep, sweep_names)
+            )
         scope_attr = rule.scope.split(":")[-1].split("=")[0]
         if rule.scope not in ("overall", "every") and scope_attr not in sc.statistics.subgroups:
-            add(("gate", i, "rule"), f"subgroup attribute '{scope_attr}' is not in statistics.subgroups"
+            add(
+                ("gate", i, "rule"),
+                f"subgroup attribute '{scope_attr}' is not in statistics.subgroups"
                 f"{did_you_mean(scope_attr, sc.statistics.subgroups)} (expected one of: "
-                f"{', '.join(sc.statistics.subgroups) or 'none configured'})")
+                f"{', '.join(sc.statistics.subgroups) or 'none configured'})",
+            )
         elif "=" in rule.scope and attributes.get(scope_attr) is not None:
             level = rule.scope.split("=", 1)[1]
             if level not in attributes[scope_attr].levels:
-                add(("gate", i, "rule"), unknown_name_message(f"level of '{scope_attr}'", level,
-                                                              attributes[scope_attr].levels))
+                add(
+                    ("gate", i, "rule"),
+                    unknown_name_message(f"level of '{scope_attr}'", level, attributes[scope_attr].levels),
+                )
         for j, model in enumerate(crit.models or []):
             if model not in [m.name for m in sc.models]:
-                add(("gate", i, "models", j), unknown_name_message("model", model, [m.name for m in sc.models]))
+                add(
+                    ("gate", i, "models", j),
+                    unknown_name_message("model", model, [m.name for m in sc.models]),
+                )
 
 
 def parse_scenario(text: str, file: str = "<scenario>") -> Scenario:
     """Validate scenario ``text``; raise :class:`ScenarioError` listing every problem."""
     data, positions = load_yaml_with_positions(text, file)
     if not isinstance(data, dict):
-        raise ScenarioError([Problem(file, 1, 1, "", f"expected a mapping at the top level, got "
-                                     f"{type(data).__name__}")])
+        raise ScenarioError(
+            [Problem(file, 1, 1, "", f"expected a mapping at the top level, got {type(data).__name__}")]
+        )
     try:
         scenario = Scenario.model_validate(data)
     except ValidationError as exc:
@@ -227,9 +277,13 @@ def load_scenario(path: str | Path) -> LoadedScenario:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise ScenarioError([Problem(str(path), 0, 0, "", "file is not UTF-8 text (expected a YAML file)")]) from None
+        raise ScenarioError(
+            [Problem(str(path), 0, 0, "", "file is not UTF-8 text (expected a YAML file)")]
+        ) from None
     scenario = parse_scenario(text, str(path))
-    return LoadedScenario(scenario=scenario, text=text, sha256=hashlib.sha256(raw).hexdigest(), path=str(path))
+    return LoadedScenario(
+        scenario=scenario, text=text, sha256=hashlib.sha256(raw).hexdigest(), path=str(path)
+    )
 
 
 def phantom_spec(sc: Scenario) -> BaseModel:

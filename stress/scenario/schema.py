@@ -27,7 +27,7 @@ class PhantomSection(_Model):
 
 
 class BaselineStep(_Model):
-    """A perturbation applied to every case at a fixed severity before the swept one (e.g. full-dose noise)."""
+    """A perturbation applied to every case at a fixed severity before the swept one."""
 
     name: str
     severity: float
@@ -118,11 +118,13 @@ class Scenario(_Model):
     execution: ExecutionSection = Field(default_factory=ExecutionSection)
 
     def n_evaluations(self) -> int:
-        """cases x (sum of severities over perturbations) x models."""
+        """Cases x (sum of severities over perturbations) x models."""
         return self.phantom.n_cases * sum(len(p.severities) for p in self.perturbations) * len(self.models)
 
     def summary(self) -> str:
         """One line: cases x perturbations (severities) x models = N evaluations."""
         n_sev = sum(len(p.severities) for p in self.perturbations)
-        return (f"{self.name}: {self.phantom.n_cases} cases x {len(self.perturbations)} perturbations "
-                f"({n_sev} severities) x {len(self.models)} models = {self.n_evaluations()} evaluations")
+        return (
+            f"{self.name}: {self.phantom.n_cases} cases x {len(self.perturbations)} perturbations "
+            f"({n_sev} severities) x {len(self.models)} models = {self.n_evaluations()} evaluations"
+        )

@@ -15,8 +15,9 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     """SafeLoader; duplicate keys are found by the position walk, not silently overwritten."""
 
 
-def _walk(node: yaml.Node, loc: Loc, positions: dict[Loc, tuple[int, int]], file: str,
-          problems: list[Problem]) -> None:
+def _walk(
+    node: yaml.Node, loc: Loc, positions: dict[Loc, tuple[int, int]], file: str, problems: list[Problem]
+) -> None:
     positions.setdefault(loc, (node.start_mark.line + 1, node.start_mark.column + 1))
     if isinstance(node, yaml.MappingNode):
         seen: set[Any] = set()
@@ -24,8 +25,14 @@ def _walk(node: yaml.Node, loc: Loc, positions: dict[Loc, tuple[int, int]], file
             key = key_node.value
             here = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
             if key in seen:
-                problems.append(Problem(file, *here, format_loc((*loc, key)),
-                                        f"duplicate key '{key}' (expected each key once)"))
+                problems.append(
+                    Problem(
+                        file,
+                        *here,
+                        format_loc((*loc, key)),
+                        f"duplicate key '{key}' (expected each key once)",
+                    )
+                )
             seen.add(key)
             positions[(*loc, key, "<key>")] = here
             _walk(value_node, (*loc, key), positions, file, problems)
@@ -47,8 +54,18 @@ def load_yaml_with_positions(text: str, file: str) -> tuple[Any, dict[Loc, tuple
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)
         problem = str(exc.problem or exc).strip()
-        raise ScenarioError([Problem(file, line, col, "", f"YAML syntax error: {problem} "
-                                     "(expected valid YAML: check indentation, colons and quotes)")]) from None
+        raise ScenarioError(
+            [
+                Problem(
+                    file,
+                    line,
+                    col,
+                    "",
+                    f"YAML syntax error: {problem} "
+                    "(expected valid YAML: check indentation, colons and quotes)",
+                )
+            ]
+        ) from None
     except yaml.YAMLError as exc:
         raise ScenarioError([Problem(file, 0, 0, "", f"YAML error: {exc}")]) from None
     positions: dict[Loc, tuple[int, int]] = {}

@@ -54,8 +54,11 @@ def percentile_ci(estimate: float, replicates: NDArray[np.float64], level: float
     n_undefined = int(replicates.size - finite.size)
     alpha = (1.0 - level) / 2.0
     if finite.size < replicates.size / 2:
-        warnings.warn(f"{n_undefined} of {replicates.size} bootstrap resamples undefined; CI is NaN",
-                      UndefinedMetricWarning, stacklevel=2)
+        warnings.warn(
+            f"{n_undefined} of {replicates.size} bootstrap resamples undefined; CI is NaN",
+            UndefinedMetricWarning,
+            stacklevel=2,
+        )
         return BootstrapCI(estimate, float("nan"), float("nan"), level, int(replicates.size), n_undefined)
     low, high = np.quantile(finite, [alpha, 1.0 - alpha])
     return BootstrapCI(float(estimate), float(low), float(high), level, int(replicates.size), n_undefined)

@@ -25,16 +25,18 @@ def compute_roc_auc(y_true: NDArray, y_score: NDArray) -> float:
     """Area under the ROC curve (scikit-learn); NaN with a warning when only one class is present."""
     y_true = np.asarray(y_true).astype(int)
     if len(np.unique(y_true)) < 2:
-        warnings.warn("AUC is undefined with a single class; returning NaN", UndefinedMetricWarning, stacklevel=2)
+        warnings.warn(
+            "AUC is undefined with a single class; returning NaN", UndefinedMetricWarning, stacklevel=2
+        )
         return float("nan")
     return float(roc_auc_score(y_true, y_score))
 
 
 def weighted_roc_auc(y_true: NDArray, y_score: NDArray, weights: Array) -> Array:
-    """AUC (Mann-Whitney, ties count 1/2) for each row of case ``weights`` ``(R, n)``, vectorised.
+    r"""AUC (Mann-Whitney, ties count 1/2) for each row of case ``weights`` ``(R, n)``, vectorised.
 
-    .. math:: AUC_r = \\frac{\\sum_{i \\in P} \\sum_{j \\in N} w_{ri} w_{rj}
-              ([s_i > s_j] + \\tfrac12 [s_i = s_j])}{W_{rP} W_{rN}}
+    .. math:: AUC_r = \frac{\sum_{i \in P} \sum_{j \in N} w_{ri} w_{rj}
+              ([s_i > s_j] + \tfrac12 [s_i = s_j])}{W_{rP} W_{rN}}
 
     Cases are sorted once by score and weights are summed per distinct score, so the cost is
     ``O(R n)`` after an ``O(n log n)`` sort.
@@ -81,9 +83,30 @@ class Metric:
 
 
 METRICS: Registry[Metric] = Registry("metric")
-METRICS.register("auc", Metric(name="auc", unit="fraction", compute=lambda y, s, w, t: weighted_roc_auc(y, s, w),
-                               description="area under the ROC curve (threshold-free)"))
-METRICS.register("sensitivity", Metric(name="sensitivity", unit="fraction", compute=weighted_sensitivity,
-                                       description="true-positive rate at the model's threshold"))
-METRICS.register("specificity", Metric(name="specificity", unit="fraction", compute=weighted_specificity,
-                                       description="true-negative rate at the model's threshold"))
+METRICS.register(
+    "auc",
+    Metric(
+        name="auc",
+        unit="fraction",
+        compute=lambda y, s, w, t: weighted_roc_auc(y, s, w),
+        description="area under the ROC curve (threshold-free)",
+    ),
+)
+METRICS.register(
+    "sensitivity",
+    Metric(
+        name="sensitivity",
+        unit="fraction",
+        compute=weighted_sensitivity,
+        description="true-positive rate at the model's threshold",
+    ),
+)
+METRICS.register(
+    "specificity",
+    Metric(
+        name="specificity",
+        unit="fraction",
+        compute=weighted_specificity,
+        description="true-negative rate at the model's threshold",
+    ),
+)

@@ -42,7 +42,7 @@ def compute_metrics_table(results: pd.DataFrame, scenario: Scenario) -> pd.DataF
     """Metrics with percentile bootstrap CIs from the results table of a complete run."""
     boot = scenario.statistics.bootstrap
     case_index = np.sort(results["case_index"].unique())
-    cases = (results.drop_duplicates("case_index").set_index("case_index").loc[case_index].reset_index())
+    cases = results.drop_duplicates("case_index").set_index("case_index").loc[case_index].reset_index()
     counts = bootstrap_counts(len(case_index), boot.n_resamples, case_rng(scenario.seed, STREAM_BOOTSTRAP, 0))
     weights = np.vstack([np.ones((1, len(case_index))), counts])
     thresholds = {m.name: m.threshold for m in scenario.models}
@@ -57,10 +57,21 @@ def compute_metrics_table(results: pd.DataFrame, scenario: Scenario) -> pd.DataF
             for metric in scenario.metrics:
                 values = METRICS.get(metric).compute(y[mask], s[mask], weights[:, mask], thresholds[key[0]])
                 ci = percentile_ci(values[0], values[1:], boot.level)
-                rows.append({
-                    **dict(zip(GROUP_KEYS, key, strict=True)), "subgroup": attr, "level": level, "metric": metric,
-                    "estimate": ci.estimate, "ci_low": ci.low, "ci_high": ci.high, "ci_level": ci.level,
-                    "n_resamples": ci.n_resamples, "n_undefined": ci.n_undefined, "n_cases": int(mask.sum()),
-                    "n_positive": int(y[mask].sum()), "n_negative": int((1 - y[mask]).sum()),
-                })
+                rows.append(
+                    {
+                        **dict(zip(GROUP_KEYS, key, strict=True)),
+                        "subgroup": attr,
+                        "level": level,
+                        "metric": metric,
+                        "estimate": ci.estimate,
+                        "ci_low": ci.low,
+                        "ci_high": ci.high,
+                        "ci_level": ci.level,
+                        "n_resamples": ci.n_resamples,
+                        "n_undefined": ci.n_undefined,
+                        "n_cases": int(mask.sum()),
+                        "n_positive": int(y[mask].sum()),
+                        "n_negative": int((1 - y[mask]).sum()),
+                    }
+                )
     return pd.DataFrame(rows)

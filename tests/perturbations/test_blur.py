@@ -53,7 +53,9 @@ def test_matches_torchio_blur():
     image = tio.ScalarImage(tensor=torch.from_numpy(data), affine=np.diag([*spacing, 1.0]))
     std_mm = 2.0
     expected = tio.Blur(std=std_mm)(image).data
-    ours = apply_gaussian_blur(torch.from_numpy(data)[None], spacing, [GaussianBlurParams(fwhm_mm=std_mm * FWHM_PER_SIGMA)])
+    ours = apply_gaussian_blur(
+        torch.from_numpy(data)[None], spacing, [GaussianBlurParams(fwhm_mm=std_mm * FWHM_PER_SIGMA)]
+    )
     np.testing.assert_allclose(ours[0].numpy(), expected.numpy(), atol=1e-5)
 
 

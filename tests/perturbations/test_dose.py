@@ -35,7 +35,9 @@ def test_existing_noise_is_accounted_for(rng):
 
 
 def test_noise_is_gaussian_and_white(rng):
-    y = apply_ct_dose(_uniform(value=0.0), SPACING, [sample_ct_dose(CTDoseSpec(reference_noise_hu=1.0), 1.0, rng)])
+    y = apply_ct_dose(
+        _uniform(value=0.0), SPACING, [sample_ct_dose(CTDoseSpec(reference_noise_hu=1.0), 1.0, rng)]
+    )
     v = y.flatten().numpy()
     assert stats.kstest(v[:20000], "norm").pvalue > 0.01
     for dim in (2, 3, 4):  # neighbouring voxels are uncorrelated along every axis

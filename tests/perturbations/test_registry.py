@@ -30,7 +30,9 @@ def _sample(name, severity, seed=0):
 @pytest.mark.parametrize("name", NAMES)
 def test_shape_dtype_device_kept_and_replay_bit_identical(name, device):
     entry = PERTURBATIONS.get(name)
-    x = torch.from_numpy(np.random.default_rng(0).normal(size=(2, 1, 16, 16, 16)).astype(np.float32)).to(device)
+    x = torch.from_numpy(np.random.default_rng(0).normal(size=(2, 1, 16, 16, 16)).astype(np.float32)).to(
+        device
+    )
     sev = entry.severity
     harsh = sev.nominal * 0.5 if sev.harsher == "lower" else sev.nominal + 3.0
     params = [_sample(name, sev.nominal, 1), _sample(name, harsh, 2)]

@@ -40,8 +40,13 @@ def test_noiseless_tissue_values_in_eroded_rois():
 
 
 def test_nodule_mask_matches_lesion_record_and_lies_in_lung():
-    spec = ChestCTSpec(shape=(24, 48, 48), spacing_mm=(6.0, 7.5, 7.5), vessels_per_lung=0, lobulated_fraction=0.0,
-                       lesion_size_bands_mm={"large": (18.0, 24.0)})
+    spec = ChestCTSpec(
+        shape=(24, 48, 48),
+        spacing_mm=(6.0, 7.5, 7.5),
+        vessels_per_lung=0,
+        lobulated_fraction=0.0,
+        lesion_size_bands_mm={"large": (18.0, 24.0)},
+    )
     batch = _gen(range(12), spec=spec, pop=PopulationSpec(prevalence=1.0))
     voxel = float(np.prod(spec.spacing_mm))
     for b in range(12):
@@ -65,14 +70,18 @@ def test_negative_cases_have_empty_masks_and_no_lesion():
 
 
 def test_population_matches_the_spec_chi_square():
-    pop = PopulationSpec(prevalence=0.3, attributes={"bmi_band": {"normal": 0.5, "overweight": 0.3, "obese": 0.2}})
+    pop = PopulationSpec(
+        prevalence=0.3, attributes={"bmi_band": {"normal": 0.5, "overweight": 0.3, "obese": 0.2}}
+    )
     gen = PHANTOMS.get("chest_ct")
     from phantoms.chest_ct import _draw_case
 
     draws = [_draw_case(SPEC, pop, 11, i) for i in range(1500)]
     labels = np.array([d.label for d in draws])
     assert stats.binomtest(int(labels.sum()), labels.size, 0.3).pvalue > 0.001
-    observed = [sum(d.attributes["bmi_band"] == lv for d in draws) for lv in ("normal", "overweight", "obese")]
+    observed = [
+        sum(d.attributes["bmi_band"] == lv for d in draws) for lv in ("normal", "overweight", "obese")
+    ]
     assert stats.chisquare(observed, np.array([0.5, 0.3, 0.2]) * len(draws)).pvalue > 0.001
     assert {a.name for a in gen.attributes(SPEC)} == {"sex", "bmi_band", "lesion_size"}
 

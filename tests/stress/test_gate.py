@@ -31,16 +31,34 @@ def _metrics(candidate_low_dose_female: float) -> pd.DataFrame:
                 value = 0.9 if sev >= 0.25 else 0.6
                 if model == "v2" and sev == 0.25 and level == "female":
                     value = candidate_low_dose_female
-                rows.append({"model": model, "model_role": "reference" if model == "v1" else "candidate",
-                             "perturbation": "ct_dose", "severity_name": "dose_fraction", "severity": sev,
-                             "subgroup": sub, "level": level, "metric": "auc", "estimate": value + 0.02,
-                             "ci_low": value, "ci_high": value + 0.04})
+                rows.append(
+                    {
+                        "model": model,
+                        "model_role": "reference" if model == "v1" else "candidate",
+                        "perturbation": "ct_dose",
+                        "severity_name": "dose_fraction",
+                        "severity": sev,
+                        "subgroup": sub,
+                        "level": level,
+                        "metric": "auc",
+                        "estimate": value + 0.02,
+                        "ci_low": value,
+                        "ci_high": value + 0.04,
+                    }
+                )
     return pd.DataFrame(rows)
 
 
 def test_rule_grammar():
     r = parse_rule("auc >= 0.80 for ct_dose >= 0.25 in every subgroup")
-    assert (r.metric, r.op, r.threshold, r.sweep, r.sweep_value, r.scope) == ("auc", ">=", 0.8, "ct_dose", 0.25, "every")
+    assert (r.metric, r.op, r.threshold, r.sweep, r.sweep_value, r.scope) == (
+        "auc",
+        ">=",
+        0.8,
+        "ct_dose",
+        0.25,
+        "every",
+    )
     assert parse_rule("sensitivity > .7 in sex = female").scope == "sex=female"
     assert not r.passes(float("nan"))
     with pytest.raises(RuleSyntaxError, match="expected e.g."):

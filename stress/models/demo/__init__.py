@@ -33,9 +33,13 @@ class NoduleNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv3d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool3d(2),
-            nn.Conv3d(8, 16, 3, padding=1), nn.ReLU(),
-            nn.Conv3d(16, 16, 3, padding=2, dilation=2), nn.ReLU(),
+            nn.Conv3d(1, 8, 3, padding=1, padding_mode="replicate"),
+            nn.ReLU(),
+            nn.MaxPool3d(2),
+            nn.Conv3d(8, 16, 3, padding=1, padding_mode="replicate"),
+            nn.ReLU(),
+            nn.Conv3d(16, 16, 3, padding=2, dilation=2, padding_mode="replicate"),
+            nn.ReLU(),
             nn.Conv3d(16, 1, 1),
         )
 
