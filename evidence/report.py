@@ -127,7 +127,7 @@ def _gate_section(run: RunData) -> list[Any]:
         _table(
             ["id", "rule", "statistic", "cells", "verdict", "evidence"],
             rows,
-            [22 * mm, 45 * mm, 15 * mm, 11 * mm, 12 * mm, 65 * mm],
+            [24 * mm, 44 * mm, 14 * mm, 10 * mm, 14 * mm, 64 * mm],
         )
     )
     overall = "PASSED" if all(v.passed for v in verdicts) else "FAILED"

@@ -29,7 +29,7 @@ from stress.models import LoadedModel, load_model
 from stress.scenario.loader import LoadedScenario, phantom_spec
 from stress.scenario.schema import Scenario
 from stress.stats.summary import compute_metrics_table
-from stress.store import FORMAT, METRICS, RunStore, software_versions, write_atomic
+from stress.store import FORMAT, METRICS, RunStore, software_versions, write_frame_atomic
 
 STREAM_PERTURBATION = 2
 
@@ -225,10 +225,7 @@ def run_scenario(
             store.write_part(chunk, run_chunk(sc, chunk, models, device, progress, task))
     results = store.read_results()
     metrics = compute_metrics_table(results, sc)
-    tmp = store.root / f".{METRICS}.tmp"
-    metrics.to_parquet(tmp, index=False)
-    write_atomic(store.root / METRICS, tmp.read_bytes())
-    tmp.unlink()
+    write_frame_atomic(store.root / METRICS, metrics)
     manifest.update(status="complete", outputs=store.output_hashes())
     store.write_manifest(manifest)
     return store

@@ -15,6 +15,7 @@ chunks whose part file is missing.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import platform
@@ -63,6 +64,13 @@ def software_versions() -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             versions[name] = None
     return {"python": platform.python_version(), "platform": platform.platform(), "packages": versions}
+
+
+def write_frame_atomic(path: Path, frame: pd.DataFrame) -> None:
+    """Write ``frame`` as Parquet to ``path`` atomically (see :func:`write_atomic`)."""
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    write_atomic(path, buffer.getvalue())
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -125,12 +133,7 @@ class RunStore:
     def write_part(self, chunk: int, frame: pd.DataFrame) -> None:
         """Write the rows of one chunk atomically."""
         self.results_dir.mkdir(parents=True, exist_ok=True)
-        path = self.part_path(chunk)
-        tmp = path.with_name(f".{path.name}.tmp")
-        frame.to_parquet(tmp, index=False)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_frame_atomic(self.part_path(chunk), frame)
 
     def read_results(self) -> pd.DataFrame:
         """All result rows, in (chunk, row) order."""
