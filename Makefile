@@ -28,7 +28,8 @@ test: install
 	$(BIN)/python -m pytest -q
 
 bench: install
-	$(BIN)/python bench/perturbations.py
+	$(BIN)/python bench/bench_perturbations.py
+	$(BIN)/python bench/bench_phantoms.py
 
 lint: install
 	$(BIN)/ruff check .

@@ -196,7 +196,10 @@ def _draw_nodule(
         if inside_lung and abs(z) < fov_half_z - 1.6 * r - spec.spacing_mm[0]:
             break
     else:
-        raise ValueError(f"no room for a {diameter:.1f} mm nodule in a {fov_half_z * 2:.0f} mm field of view")
+        raise ValueError(
+            f"no room for a {diameter:.1f} mm nodule inside the lung within a {fov_half_z * 2:.0f} mm z field "
+            "of view (expected shape[0] * spacing_mm[0] of at least about 3 nodule diameters)"
+        )
     spheres = [[z, y, x, r]]
     lobulated = bool(rng.random() < spec.lobulated_fraction)
     if lobulated:

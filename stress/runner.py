@@ -120,7 +120,10 @@ def run_chunk(
     sweeps = list(chains(sc))
     for b0 in range(start, stop, sc.execution.batch_size):
         indices = list(range(b0, min(b0 + sc.execution.batch_size, stop)))
-        batch = gen.generate(spec, sc.population, sc.seed, indices, device)
+        try:
+            batch = gen.generate(spec, sc.population, sc.seed, indices, device)
+        except ValueError as exc:
+            raise StressError(f"phantom.params: cases {case_id(indices[0])}..{case_id(indices[-1])}: {exc}") from None
         ids = [case_id(i) for i in indices]
         case_cols = [_case_columns(batch, b) for b in range(len(indices))]
         for name, severity, chain in sweeps:

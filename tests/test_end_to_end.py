@@ -45,21 +45,27 @@ def test_run_writes_manifest_results_and_metrics(clean_run):
     assert [p["name"] for p in params] == ["ct_dose", "gaussian_blur"]  # baseline, then the sweep
 
 
-def test_killed_run_resumes_to_identical_results(clean_run, tmp_path):
-    scenario, reference_run = clean_run
-    out = tmp_path / "killed"
+def _interrupt_after_first_chunk(scenario: Path, out: Path, sig: int) -> subprocess.Popen:
+    """Start `stress run`, wait until its first part file exists, then send ``sig``."""
     proc = subprocess.Popen(
         cli_args("run", str(scenario), "--out", str(out), "--no-progress"),
         env=env(),
         cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.monotonic() + 300
     while not list((out / "results.parquet").glob("part-*.parquet")) and time.monotonic() < deadline:
         time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc.send_signal(sig)
+    return proc
+
+
+def test_killed_run_resumes_to_identical_results(clean_run, tmp_path):
+    scenario, reference_run = clean_run
+    out = tmp_path / "killed"
+    _interrupt_after_first_chunk(scenario, out, signal.SIGKILL).communicate(timeout=120)
     parts = list((out / "results.parquet").glob("part-*.parquet"))
     assert 1 <= len(parts) < 6, "the run must be interrupted mid-way for this test to mean anything"
     stress("run", str(scenario), "--out", str(out), "--no-progress")
@@ -72,18 +78,7 @@ def test_killed_run_resumes_to_identical_results(clean_run, tmp_path):
 def test_interrupt_with_ctrl_c_keeps_chunks_and_exits_130(clean_run, tmp_path):
     scenario, _ = clean_run
     out = tmp_path / "sigint"
-    proc = subprocess.Popen(
-        cli_args("run", str(scenario), "--out", str(out), "--no-progress"),
-        env=env(),
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 300
-    while not list((out / "results.parquet").glob("part-*.parquet")) and time.monotonic() < deadline:
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGINT)
+    proc = _interrupt_after_first_chunk(scenario, out, signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
     if proc.returncode == 0:
         pytest.skip("the run finished before SIGINT arrived")
@@ -174,3 +169,16 @@ def test_validate_accepts_the_shipped_scenarios():
     for path in sorted((ROOT / "scenarios").glob("*.yaml")):
         proc = stress("validate", str(path.relative_to(ROOT)))
         assert "evaluations" in proc.stdout
+
+
+def test_impossible_phantom_geometry_is_a_clear_error(tmp_path):
+    scenario = tmp_path / "thin.yaml"
+    scenario.write_text(
+        "name: thin\nseed: 1\n"
+        "phantom: {generator: chest_ct, n_cases: 4, params: {shape: [8, 32, 32], spacing_mm: [2.0, 10.0, 10.0]}}\n"
+        "population: {prevalence: 1.0}\n"
+        "perturbations: [{name: ct_dose, severities: [1.0]}]\n"
+        'models: [{name: v1, role: reference, python: "stress.models.demo:reference"}]\n'
+    )
+    proc = stress("run", str(scenario), "--out", str(tmp_path / "run"), "--no-progress", check_rc=2)
+    assert "phantom.params: cases case-000000..case-000003: no room" in proc.stderr
