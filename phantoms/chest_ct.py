@@ -197,8 +197,9 @@ def _draw_nodule(
             break
     else:
         raise ValueError(
-            f"no room for a {diameter:.1f} mm nodule inside the lung within a {fov_half_z * 2:.0f} mm z field "
-            "of view (expected shape[0] * spacing_mm[0] of at least about 3 nodule diameters)"
+            f"no room for a {diameter:.1f} mm nodule inside the lung within a "
+            f"{fov_half_z * 2:.0f} mm z field of view "
+            "(expected shape[0] * spacing_mm[0] of at least about 3 nodule diameters)"
         )
     spheres = [[z, y, x, r]]
     lobulated = bool(rng.random() < spec.lobulated_fraction)

@@ -123,7 +123,8 @@ def run_chunk(
         try:
             batch = gen.generate(spec, sc.population, sc.seed, indices, device)
         except ValueError as exc:
-            raise StressError(f"phantom.params: cases {case_id(indices[0])}..{case_id(indices[-1])}: {exc}") from None
+            cases = f"{case_id(indices[0])}..{case_id(indices[-1])}"
+            raise StressError(f"phantom.params: cases {cases}: {exc}") from None
         ids = [case_id(i) for i in indices]
         case_cols = [_case_columns(batch, b) for b in range(len(indices))]
         for name, severity, chain in sweeps:

@@ -175,7 +175,8 @@ def test_impossible_phantom_geometry_is_a_clear_error(tmp_path):
     scenario = tmp_path / "thin.yaml"
     scenario.write_text(
         "name: thin\nseed: 1\n"
-        "phantom: {generator: chest_ct, n_cases: 4, params: {shape: [8, 32, 32], spacing_mm: [2.0, 10.0, 10.0]}}\n"
+        "phantom: {generator: chest_ct, n_cases: 4,\n"
+        "          params: {shape: [8, 32, 32], spacing_mm: [2.0, 10.0, 10.0]}}\n"
         "population: {prevalence: 1.0}\n"
         "perturbations: [{name: ct_dose, severities: [1.0]}]\n"
         'models: [{name: v1, role: reference, python: "stress.models.demo:reference"}]\n'
