@@ -60,15 +60,16 @@ class ChestCTSpec(PhantomSpec):
         vessel_radius_mm: range ``[low, high]`` of vessel radii in mm (uniform).
     """
 
-    shape: tuple[int, int, int] = (40, 80, 80)
-    spacing_mm: tuple[float, float, float] = (4.0, 4.0, 4.0)
-    nodule_hu: float = Field(30.0, ge=-1000.0, le=3000.0)
+    shape: tuple[int, int, int] = Field((40, 80, 80), description="D, H, W [voxels]")
+    spacing_mm: tuple[float, float, float] = Field((4.0, 4.0, 4.0), description="D, H, W voxel size [mm]")
+    nodule_hu: float = Field(30.0, ge=-1000.0, le=3000.0, description="nodule attenuation [HU]")
     lesion_size_bands_mm: dict[str, tuple[float, float]] = Field(
-        default_factory=lambda: {"small": (8.0, 12.0), "large": (12.0, 20.0)}
+        default_factory=lambda: {"small": (8.0, 12.0), "large": (12.0, 20.0)},
+        description="diameter range per size band [mm]",
     )
-    lobulated_fraction: float = Field(0.5, ge=0.0, le=1.0)
-    vessels_per_lung: int = Field(6, ge=0, le=64)
-    vessel_radius_mm: tuple[float, float] = (0.75, 2.0)
+    lobulated_fraction: float = Field(0.5, ge=0.0, le=1.0, description="probability of a lobulated nodule")
+    vessels_per_lung: int = Field(6, ge=0, le=64, description="vessel segments per lung [count]")
+    vessel_radius_mm: tuple[float, float] = Field((0.75, 2.0), description="vessel radius range [mm]")
 
     @field_validator("shape")
     @classmethod

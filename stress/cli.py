@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from stress.errors import ScenarioError, StressError
@@ -59,7 +60,7 @@ def _fields(spec) -> str:
     parts = []
     for name, f in spec.model_fields.items():
         default = f.default if f.default_factory is None else f.default_factory()
-        parts.append(f"{name}={default!r}" + (f" [{f.description}]" if f.description else ""))
+        parts.append(f"{name}={default!r}" + (f" ({f.description})" if f.description else ""))
     return ", ".join(parts) or "-"
 
 
@@ -78,34 +79,37 @@ def list_(
         table = Table(title=k.value, show_lines=False, title_justify="left")
         if k is Kind.phantoms:
             for col in ("name", "modality", "parameters (defaults)", "subgroup attributes"):
-                table.add_column(col)
+                table.add_column(escape(col))
             for name, g in PHANTOMS.items():
                 spec = g.spec()
                 attrs = "; ".join(
                     f"{a.name}: {'|'.join(a.levels)}" + (" (lesion)" if a.lesion_level else "")
                     for a in g.attributes(spec)
                 )
-                table.add_row(name, g.modality, _fields(g.spec), attrs)
+                _row(table, name, g.modality, _fields(g.spec), attrs)
         elif k is Kind.perturbations:
             for col in ("name", "severity [unit]", "range", "nominal", "parameters (defaults)"):
-                table.add_column(col)
+                table.add_column(escape(col))
             for name, p in PERTURBATIONS.items():
                 s = p.severity
                 rng = f"{'[' if s.low_inclusive else '('}{s.low:g}, {s.high:g}]; {s.harsher} is harsher"
-                table.add_row(name, f"{s.name} [{s.unit}]", rng, f"{s.nominal:g}", _fields(p.spec))
+                _row(table, name, f"{s.name} [{s.unit}]", rng, f"{s.nominal:g}", _fields(p.spec))
         elif k is Kind.metrics:
             for col in ("name", "unit", "description"):
-                table.add_column(col)
+                table.add_column(escape(col))
             for name, m in METRICS.items():
-                table.add_row(name, m.unit, m.description)
+                _row(table, name, m.unit, m.description)
         else:
             for col in ("adapter", "scenario key", "loads"):
-                table.add_column(col)
+                table.add_column(escape(col))
             for name, adapter in ADAPTERS.items():
-                table.add_row(
-                    name, f"{name}: module:factory", (adapter.__doc__ or "").strip().splitlines()[0]
-                )
+                _row(table, name, f"{name}: module:factory", (adapter.__doc__ or "").strip().splitlines()[0])
         out.print(table)
+
+
+def _row(table: Table, *cells: str) -> None:
+    """Add a row whose text is shown literally (units such as [mm] are not rich markup)."""
+    table.add_row(*(escape(c) for c in cells))
 
 
 @app.command()
@@ -147,10 +151,10 @@ def gate(
     verdicts = evaluate_gate(run_data.metrics, run_data.scenario)
     table = Table(title=f"gate: {run_data.scenario.name}", title_justify="left")
     for col in ("id", "rule", "statistic", "cells", "verdict", "evidence"):
-        table.add_column(col)
+        table.add_column(escape(col))
     for v in verdicts:
         verdict = "[green]PASS[/green]" if v.passed else "[red]FAIL[/red]"
-        table.add_row(v.id, v.rule, v.statistic, str(v.n_cells), verdict, v.reason)
+        table.add_row(escape(v.id), escape(v.rule), v.statistic, str(v.n_cells), verdict, escape(v.reason))
     out.print(table)
     if junit is not None:
         junit.parent.mkdir(parents=True, exist_ok=True)

@@ -134,10 +134,9 @@ def _semantic_problems(sc: Scenario, file: str, positions: dict) -> list[Problem
     else:
         gen = PHANTOMS.get(sc.phantom.generator)
         gen_spec = _check_params(gen.spec, sc.phantom.params, ("phantom", "params"), file, positions, out)
-    attributes = (
-        {a.name: a for a in PHANTOMS.get(sc.phantom.generator).attributes(gen_spec)} if gen_spec else {}
-    )
+    attributes = {}
     if gen_spec is not None:
+        attributes = {a.name: a for a in PHANTOMS.get(sc.phantom.generator).attributes(gen_spec)}
         for name, dist in sc.population.attributes.items():
             loc = ("population", "attributes", name)
             if name not in attributes:
