@@ -183,3 +183,20 @@ def test_impossible_phantom_geometry_is_a_clear_error(tmp_path):
     )
     proc = stress("run", str(scenario), "--out", str(tmp_path / "run"), "--no-progress", check_rc=2)
     assert "phantom.params: cases case-000000..case-000003: no room" in proc.stderr
+
+
+def test_list_shows_names_parameters_and_units():
+    text = " ".join(stress("list").stdout.split())
+    for expected in (
+        "chest_ct",
+        "spacing_mm",
+        "dose_fraction [fraction of reference dose]",
+        "fwhm_mm [mm]",
+        "reference_noise_hu=20.0",
+        "auc",
+        "sensitivity",
+        "python: module:factory",
+        "lesion_size:",
+        "(lesion)",
+    ):
+        assert expected in text, expected
