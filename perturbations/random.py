@@ -36,9 +36,10 @@ def hash32(x: Tensor) -> Tensor:
 
 
 def _keys(seeds: Tensor) -> tuple[Tensor, Tensor]:
+    """Two 32-bit stream keys mixed from both halves of each 64-bit seed (a 64-bit stream identity)."""
     lo, hi = seeds & _MASK32, (seeds >> 32) & _MASK32
-    k1 = hash32(lo ^ hash32(hi + 0x9E3779B9))
-    k2 = hash32(k1 ^ 0x85EBCA6B)
+    k1 = hash32(lo ^ hash32(hi ^ 0x9E3779B9))
+    k2 = hash32(hi ^ hash32(lo ^ 0x85EBCA6B) ^ 0x27D4EB2F)
     return k1, k2
 
 

@@ -189,18 +189,22 @@ def _draw_nodule(
     r = diameter / 2
     side = int(rng.integers(2))
     (cx, cy), (la, lb) = geo["lungs"][side]
-    fov_half_z = spec.shape[0] * spec.spacing_mm[0] / 2
+    fov_half = [n * s / 2 for n, s in zip(spec.shape, spec.spacing_mm, strict=True)]  # z, y, x
     for _ in range(1000):
         x, y, z = _point_in_ellipsoid(rng, (cx, cy, lung_z), (la, lb, geo["lung_hz"]), 0.0, 0.8)
         rho = math.sqrt(((x - cx) / la) ** 2 + ((y - cy) / lb) ** 2 + ((z - lung_z) / geo["lung_hz"]) ** 2)
         inside_lung = (1.0 - rho) * min(la, lb) > 1.6 * r + 4.0
-        if inside_lung and abs(z) < fov_half_z - 1.6 * r - spec.spacing_mm[0]:
+        inside_fov = all(
+            abs(c) < half - 1.6 * r - step
+            for c, half, step in zip((z, y, x), fov_half, spec.spacing_mm, strict=True)
+        )
+        if inside_lung and inside_fov:
             break
     else:
         raise ValueError(
-            f"no room for a {diameter:.1f} mm nodule inside the lung within a "
-            f"{fov_half_z * 2:.0f} mm z field of view "
-            "(expected shape[0] * spacing_mm[0] of at least about 3 nodule diameters)"
+            f"no room for a {diameter:.1f} mm nodule inside the lung within the "
+            f"{' x '.join(f'{2 * h:.0f}' for h in fov_half)} mm field of view "
+            "(expected a field of view that covers the lungs: about 160 x 350 x 350 mm for an adult chest)"
         )
     spheres = [[z, y, x, r]]
     lobulated = bool(rng.random() < spec.lobulated_fraction)

@@ -47,7 +47,9 @@ def load_run(root: str | Path, verify: bool = True) -> RunData:
                     "expected the run's own outputs)"
                 )
     try:
-        scenario = parse_scenario(manifest["scenario_text"], f"{store.manifest_path}:scenario_text")
+        scenario = parse_scenario(
+            manifest["scenario_text"], f"{store.manifest_path}:scenario_text", check_imports=False
+        )
     except (KeyError, ScenarioError) as exc:
         raise StressError(
             f"{store.manifest_path}: cannot rebuild the scenario from the manifest ({exc})"

@@ -167,6 +167,12 @@ def resolve_device(name: str) -> torch.device:
 def _check_resumable(old: dict[str, Any], new: dict[str, Any], store: RunStore) -> None:
     if old.get("format") != FORMAT:
         raise StressError(f"{store.manifest_path}: format {old.get('format')!r} (expected {FORMAT})")
+    old_packages = old.get("software", {}).get("packages")
+    if old_packages != new["software"]["packages"]:
+        raise StressError(
+            f"{store.root}: was started with other package versions ({old_packages}); results would mix "
+            "software versions (expected the same environment to resume, or choose a new --out directory)"
+        )
     for key, what in (("scenario_sha256", "scenario"), ("device", "device"), ("models", "models")):
         if old.get(key) != new.get(key):
             raise StressError(

@@ -200,3 +200,16 @@ def test_list_shows_names_parameters_and_units():
         "(lesion)",
     ):
         assert expected in text, expected
+
+
+def test_report_needs_only_the_run_directory_not_the_models(clean_run, tmp_path):
+    import shutil
+
+    _, run = clean_run
+    copy = tmp_path / "copied-run"
+    shutil.copytree(run, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["scenario_text"] = manifest["scenario_text"].replace("stress.models.demo", "vendor_pkg.absent")
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    stress("report", str(copy))
+    assert (copy / "evidence" / "report.pdf").exists()

@@ -1,10 +1,10 @@
 """Read a scenario file: YAML -> :class:`Scenario`, every problem reported as ``FILE:LINE:COL: path: msg``.
 
-Two passes. The first validates structure and types with pydantic. The second checks names against
-the registries (phantom generators, perturbations, metrics), validates each entry's ``params``
-against the spec of what it names, checks severities against the perturbation's physical range,
-population attributes against the generator's, and parses gate rules. All problems of both passes
-are reported together.
+Two passes. The first validates structure and types with pydantic and reports every problem it
+finds. Once the structure is valid, the second checks names against the registries (phantom
+generators, perturbations, metrics), validates each entry's ``params`` against the spec of what it
+names, checks severities against the perturbation's physical range, population attributes against
+the generator's, repeated names, model modules, and gate rules, and reports all of those together.
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ def _check_params(
         return None
 
 
-def _semantic_problems(sc: Scenario, file: str, positions: dict) -> list[Problem]:
+def _semantic_problems(sc: Scenario, file: str, positions: dict, check_imports: bool) -> list[Problem]:
     out: list[Problem] = []
 
     def add(loc: Loc, msg: str, key: bool = False) -> None:
@@ -174,6 +174,19 @@ def _semantic_problems(sc: Scenario, file: str, positions: dict) -> list[Problem
                     (section, i, "severities", j) if section == "perturbations" else (section, i, "severity")
                 )
                 add(loc, msg)
+    base_names = [b.name for b in sc.baseline]
+    for i, name in enumerate(base_names):
+        if name in base_names[:i]:
+            add(
+                ("baseline", i, "name"),
+                f"baseline step '{name}' appears twice (expected each perturbation once)",
+            )
+    for i, name in enumerate(sc.statistics.subgroups):
+        if name in sc.statistics.subgroups[:i]:
+            add(
+                ("statistics", "subgroups", i),
+                f"subgroup '{name}' is listed twice (expected each attribute once)",
+            )
     names = [p.name for p in sc.perturbations]
     for i, name in enumerate(names):
         if name in names[:i]:
@@ -189,6 +202,8 @@ def _semantic_problems(sc: Scenario, file: str, positions: dict) -> list[Problem
         if model.name in model_names[:i]:
             add(("models", i, "name"), f"model name '{model.name}' is used twice (expected unique names)")
         module = str(model.python).split(":")[0]
+        if not check_imports:
+            continue
         try:
             found = importlib.util.find_spec(module) is not None
         except (ImportError, ValueError):
@@ -249,8 +264,12 @@ def _gate_problems(sc: Scenario, attributes: dict, add) -> None:
                 )
 
 
-def parse_scenario(text: str, file: str = "<scenario>") -> Scenario:
-    """Validate scenario ``text``; raise :class:`ScenarioError` listing every problem."""
+def parse_scenario(text: str, file: str = "<scenario>", *, check_imports: bool = True) -> Scenario:
+    """Validate scenario ``text``; raise :class:`ScenarioError` listing every problem.
+
+    ``check_imports=False`` skips checking that model modules can be imported (downstream stages
+    rebuild a run's scenario without needing its models).
+    """
     data, positions = load_yaml_with_positions(text, file)
     if not isinstance(data, dict):
         raise ScenarioError(
@@ -260,7 +279,7 @@ def parse_scenario(text: str, file: str = "<scenario>") -> Scenario:
         scenario = Scenario.model_validate(data)
     except ValidationError as exc:
         raise ScenarioError(_pydantic_problems(exc, Scenario, (), file, positions)) from None
-    problems = _semantic_problems(scenario, file, positions)
+    problems = _semantic_problems(scenario, file, positions, check_imports)
     if problems:
         raise ScenarioError(problems)
     return scenario

@@ -24,6 +24,17 @@ def _walk(
         for key_node, value_node in node.value:
             key = key_node.value
             here = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+            if key_node.tag != "tag:yaml.org,2002:str":
+                kind = key_node.tag.rsplit(":", 1)[-1]
+                problems.append(
+                    Problem(
+                        file,
+                        *here,
+                        format_loc((*loc, key)),
+                        f"key '{key}' is read by YAML as a {kind}, not a string (expected a text "
+                        f"key: quote it, e.g. \"{key}\"; note 'on', 'yes', 'no' are booleans)",
+                    )
+                )
             if key in seen:
                 problems.append(
                     Problem(

@@ -16,6 +16,7 @@ import pandas as pd
 
 from phantoms import PHANTOMS
 from phantoms.population import case_rng
+from stress.errors import StressError
 from stress.scenario.loader import phantom_spec
 from stress.scenario.schema import Scenario
 from stress.stats.bootstrap import bootstrap_counts, percentile_ci
@@ -51,7 +52,10 @@ def compute_metrics_table(results: pd.DataFrame, scenario: Scenario) -> pd.DataF
     for key, group in results.groupby(GROUP_KEYS, sort=True):
         group = group.set_index("case_index").reindex(case_index)
         if group["score"].isna().any():
-            raise ValueError(f"incomplete results for {dict(zip(GROUP_KEYS, key, strict=True))}")
+            raise StressError(
+                f"results.parquet: missing rows for {dict(zip(GROUP_KEYS, key, strict=True))} "
+                "(expected one row per case; re-run the same `stress run` command to complete the run)"
+            )
         y, s = group["label"].to_numpy().astype(int), group["score"].to_numpy()
         for attr, level, mask in subgroups:
             for metric in scenario.metrics:

@@ -91,3 +91,19 @@ def test_bad_spec_is_rejected_with_field_and_value():
         ChestCTSpec(shape=(4, 64, 64))
     with pytest.raises(ValueError, match="band 'small' must satisfy"):
         ChestCTSpec(lesion_size_bands_mm={"small": (10.0, 5.0)})
+
+
+def test_every_nodule_lies_inside_a_tight_field_of_view():
+    # 150 mm in x: the lungs reach about +-121 mm, so an unchecked nodule could fall outside the volume.
+    spec = ChestCTSpec(
+        shape=(24, 24, 20),
+        spacing_mm=(6.0, 7.5, 7.5),
+        vessels_per_lung=0,
+        lesion_size_bands_mm={"large": (18.0, 24.0)},
+    )
+    batch = _gen(range(40), spec=spec, pop=PopulationSpec(prevalence=1.0))
+    half = np.array(spec.shape) * np.array(spec.spacing_mm) / 2
+    for b in range(40):
+        lesion = batch.lesions[b][0]
+        assert lesion["volume_mm3"] > 0
+        assert np.all(np.abs(lesion["centre_mm"]) + lesion["diameter_mm"] / 2 < half)

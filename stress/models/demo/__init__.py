@@ -1,9 +1,9 @@
 """The demo nodule classifier: a small fully convolutional 3D network, shipped with two trained versions.
 
-* ``reference`` (v1): trained on phantoms with dose augmentation (dose fraction log-uniform in
-  [0.05, 1]), so it has seen low-dose noise.
-* ``candidate`` (v2): the same network trained on full-dose images only, a realistic "update"
-  that looks as good at nominal dose and is less robust to dose reduction.
+* ``reference`` (v1): trained on phantoms with dose reduction (dose fraction log-uniform in
+  [0.03, 1]) and, for half the cases, blur (FWHM uniform in [0, 8] mm).
+* ``candidate`` (v2): the same network trained on full-dose, unblurred images only, a realistic
+  "update" that is as good at nominal acquisition and less robust to blur.
 
 Both are reproduced by ``python -m stress.models.demo.train`` (see docs/demo-model.md).
 """
@@ -20,7 +20,7 @@ HU_WINDOW = (-1000.0, 400.0)
 
 
 class NoduleNet(nn.Module):
-    """Tiny fully convolutional nodule detector (~6k parameters). Input ``(B, 1, D, H, W)`` in HU.
+    """Tiny fully convolutional nodule detector (10,641 parameters). Input ``(B, 1, D, H, W)`` in HU.
 
     A heat map of nodule logits is computed at half resolution; the case logit is its maximum,
     so the case probability is that of the most suspicious location. Training supervises the

@@ -1,11 +1,12 @@
-"""Train the demo nodule classifiers on chest_ct phantoms, reproducibly (no global RNG is touched).
+"""Train the demo nodule classifiers on chest_ct phantoms, reproducibly (no global seed is set or used).
 
     python -m stress.models.demo.train            # writes weights/nodule_v1.pt and nodule_v2.pt
 
 v1 sees dose-reduced images (dose fraction log-uniform in [0.03, 1]) and blur (FWHM uniform in
 [0, 8] mm) during training; v2 sees full-dose images only. Everything random comes from seeded
 generators: the phantoms from (seed, case index), the weight initialisation from a
-``torch.Generator``, the batch order and augmentation from ``numpy.random.Generator`` streams.
+``torch.Generator`` (overwriting the default initialisation drawn when the module is built),
+the batch order and augmentation from ``numpy.random.Generator`` streams.
 Re-running with the same torch version and thread count gives bit-identical weights.
 """
 
