@@ -1,136 +1,252 @@
-"""Time phantom-stress perturbations against TorchIO and MONAI on the same volume, in one run.
+"""Time our perturbations against the equivalent TorchIO and MONAI transforms, side by side in one run.
 
-Prints one JSON document: per perturbation, the median time of ours, TorchIO's (CPU-bound) and
-MONAI's (on our device where it supports it), and the ratios others/ours. Ratios, not absolute
-times, are the result: they compare implementations on the same machine in the same run.
+For ``ct_dose`` and ``gaussian_blur`` this prints one JSON document with the median wall time of
 
-    python bench/bench_perturbations.py [--size 128] [--batch 1] [--repeats 5] [--device cpu|cuda]
+* ours: ``PERTURBATIONS.get(name).apply`` on the whole ``(B, 1, N, N, N)`` batch, on ``--device``;
+* TorchIO: ``tio.Noise`` / ``tio.Blur`` on one ``tio.ScalarImage`` per case, on the CPU (TorchIO
+  computes on the CPU whatever the input device);
+* MONAI: ``RandGaussianNoise`` / ``GaussianSmooth`` on one ``(C, D, H, W)`` tensor per case, on
+  ``--device``;
+
+with equivalent parameters (noise std = reference_noise_hu / sqrt(dose) in HU; blur sigma =
+fwhm_mm / 2.3548 in mm, i.e. sigma_mm / spacing in voxels per axis) and the ratios
+``torchio_over_ours`` and ``monai_over_ours`` (> 1: ours is faster). Ratios measured in one run are
+the result, not the absolute times. It also checks that the settings are really equivalent: the
+std of the noise each library adds, and the blur's max abs difference to TorchIO (``parity_torchio``:
+within 1e-4) and to MONAI (not expected to match: MONAI pads with zeros and uses an erf kernel).
+
+    python bench/bench_perturbations.py [--size 128] [--batch 1] [--repeats 5] [--device cuda|cpu]
+                                         [--threads T]
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import math
-import statistics
-import time
-from collections.abc import Callable
+import os
+import sys
 
-import numpy as np
-import torch
+# Running a script puts bench/ first on sys.path; import the packages from the repository root instead.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+sys.path.insert(0, os.path.dirname(_HERE))
 
-from perturbations import PERTURBATIONS
-from perturbations.blur import FWHM_PER_SIGMA
+import argparse  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from typing import Any  # noqa: E402
 
-SPACING = (1.0, 0.8, 0.8)  # mm, (D, H, W)
-DOSE, REF_NOISE_HU, FWHM_MM = 0.25, 20.0, 4.0
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from perturbations import PERTURBATIONS  # noqa: E402
+from perturbations.blur import FWHM_PER_SIGMA, kernel_radius  # noqa: E402
+
+PARITY_ATOL = 1e-4
+SEED = 0
 
 
-def timed(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
-    """Median wall time in ms after one warm-up call."""
+def timed(fn: Callable[[], object], repeats: int, device: torch.device) -> dict[str, float]:
+    """Median and min wall time in ms over ``repeats`` calls, after one warm-up call."""
+    cuda = device.type == "cuda"
     fn()
     times = []
     for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        if cuda:
+            torch.cuda.synchronize(device)
         start = time.perf_counter()
         fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
+        if cuda:
+            torch.cuda.synchronize(device)
+        times.append((time.perf_counter() - start) * 1000.0)
+    return {"median": statistics.median(times), "min": min(times)}
 
 
-def ours(name: str, severity: float, x: torch.Tensor) -> Callable[[], torch.Tensor]:
-    entry = PERTURBATIONS.get(name)
-    spec = entry.spec(reference_noise_hu=REF_NOISE_HU) if name == "ct_dose" else entry.spec()
-    rng = np.random.default_rng(0)
-    params = [entry.sample(spec, severity, rng) for _ in range(x.shape[0])]
-    return lambda: entry.apply(x, SPACING, params)
+def ratio(theirs: float | None, ours: float) -> float | None:
+    return None if theirs is None else theirs / ours
 
 
-def torchio_fns(x: torch.Tensor) -> dict[str, Callable[[], object]] | None:
-    try:
+class Ours:
+    """Our two perturbations with params drawn once through the registry's sampler."""
+
+    def __init__(self, x: torch.Tensor, spacing: tuple[float, float, float], cfg: argparse.Namespace):
+        self.x, self.spacing = x, spacing
+        rng = np.random.default_rng(SEED)
+        dose = PERTURBATIONS.get("ct_dose")
+        dose_spec = dose.spec(reference_noise_hu=cfg.reference_noise_hu)
+        self.dose = dose
+        self.dose_params = [dose.sample(dose_spec, cfg.dose, rng) for _ in range(x.shape[0])]
+        blur = PERTURBATIONS.get("gaussian_blur")
+        self.blur = blur
+        self.blur_params = [blur.sample(blur.spec(), cfg.fwhm_mm, rng) for _ in range(x.shape[0])]
+
+    def ct_dose(self) -> torch.Tensor:
+        return self.dose.apply(self.x, self.spacing, self.dose_params)
+
+    def gaussian_blur(self) -> torch.Tensor:
+        return self.blur.apply(self.x, self.spacing, self.blur_params)
+
+
+class TorchIO:
+    """TorchIO's deterministic ``Noise`` and ``Blur`` on one ScalarImage per case (CPU)."""
+
+    def __init__(self, x: torch.Tensor, spacing: tuple[float, float, float], std_hu: float, sigma_mm: float):
         import torchio as tio
-    except ImportError:
-        return None
-    cpu = x.cpu()
-    affine = np.diag([SPACING[2], SPACING[1], SPACING[0], 1.0])  # TorchIO axes are (W, H, D)
-    images = [
-        tio.ScalarImage(tensor=cpu[b].permute(0, 3, 2, 1).contiguous(), affine=affine)
-        for b in range(len(cpu))
-    ]
-    noise = tio.Noise(mean=0.0, std=REF_NOISE_HU / math.sqrt(DOSE), seed=0)
-    blur = tio.Blur(std=FWHM_MM / FWHM_PER_SIGMA)
-    return {"ct_dose": lambda: [noise(i) for i in images], "gaussian_blur": lambda: [blur(i) for i in images]}
+
+        self.version = tio.__version__
+        # Our (C, D, H, W) array axes map one-to-one to TorchIO's array axes; the affine's diagonal
+        # carries each axis' spacing, which is all Blur reads (std_voxel = std_mm / spacing).
+        affine = np.diag([*spacing, 1.0])
+        cpu = x.detach().cpu()
+        self.inputs = [cpu[b] for b in range(cpu.shape[0])]
+        self.images = [tio.ScalarImage(tensor=t.clone(), affine=affine) for t in self.inputs]
+        self.noise = tio.Noise(mean=0.0, std=std_hu, seed=SEED)
+        self.blur = tio.Blur(std=(sigma_mm,) * 3)
+
+    def ct_dose(self) -> list[Any]:
+        return [self.noise(img) for img in self.images]
+
+    def gaussian_blur(self) -> list[Any]:
+        return [self.blur(img) for img in self.images]
 
 
-def monai_fns(x: torch.Tensor) -> dict[str, Callable[[], object]] | None:
-    try:
+class Monai:
+    """MONAI's ``RandGaussianNoise`` (fixed std) and ``GaussianSmooth`` on one tensor per case."""
+
+    def __init__(self, x: torch.Tensor, spacing: tuple[float, float, float], std_hu: float, sigma_mm: float):
+        import monai
         from monai.transforms import GaussianSmooth, RandGaussianNoise
+
+        self.version = monai.__version__
+        self.x = x
+        # sample_std=False: MONAI otherwise draws the std uniformly from [0, std] on every call.
+        self.noise = RandGaussianNoise(prob=1.0, mean=0.0, std=std_hu, sample_std=False)
+        self.noise.set_random_state(SEED)
+        self.sigma_vox = [sigma_mm / s for s in spacing]
+        self.smooth = GaussianSmooth(sigma=self.sigma_vox)
+
+    def ct_dose(self) -> list[Any]:
+        return [self.noise(v) for v in self.x]
+
+    def gaussian_blur(self) -> list[Any]:
+        return [self.smooth(v) for v in self.x]
+
+
+def load(cls: type, *args: Any) -> Any | None:
+    try:
+        return cls(*args)
     except ImportError:
         return None
-    noise = RandGaussianNoise(prob=1.0, mean=0.0, std=REF_NOISE_HU / math.sqrt(DOSE))
-    noise.set_random_state(0)
-    smooth = GaussianSmooth(sigma=[FWHM_MM / FWHM_PER_SIGMA / s for s in SPACING])
-    return {"ct_dose": lambda: [noise(v) for v in x], "gaussian_blur": lambda: [smooth(v) for v in x]}
 
 
-def blur_parity(x: torch.Tensor) -> dict[str, object]:
-    """Max |ours - TorchIO| and |ours - MONAI| for the blur on the benchmark volume."""
-    ours_out = ours("gaussian_blur", FWHM_MM, x)()[0].cpu()
-    out: dict[str, object] = {}
-    fns = torchio_fns(x[:1])
-    if fns is not None:
-        import torchio as tio
+def as_cpu(t: Any) -> torch.Tensor:
+    """A plain CPU float32 tensor from a torch tensor, MetaTensor or TorchIO image."""
+    data = getattr(t, "data", t)
+    return torch.as_tensor(data).as_subclass(torch.Tensor).detach().to("cpu", torch.float32)
 
-        affine = np.diag([SPACING[2], SPACING[1], SPACING[0], 1.0])
-        img = tio.ScalarImage(tensor=x[0].cpu().permute(0, 3, 2, 1).contiguous(), affine=affine)
-        ref = tio.Blur(std=FWHM_MM / FWHM_PER_SIGMA)(img).data.permute(0, 3, 2, 1)
-        out["torchio_max_abs_diff"] = float((ref - ours_out).abs().max())
-        out["parity_torchio"] = out["torchio_max_abs_diff"] < 1e-4 * float(x.abs().max())
-    if monai_fns(x[:1]) is not None:
-        from monai.transforms import GaussianSmooth
 
-        ref = GaussianSmooth(sigma=[FWHM_MM / FWHM_PER_SIGMA / s for s in SPACING])(x[0]).cpu()
-        out["monai_max_abs_diff"] = float((torch.as_tensor(ref) - ours_out).abs().max())
+def checks(ours: Ours, tio_: TorchIO | None, monai_: Monai | None, x: torch.Tensor) -> dict[str, Any]:
+    """Equivalence of the settings: added-noise std and blur differences, on case 0."""
+    x0 = x[0].detach().cpu()
+    added = {"ours": float((as_cpu(ours.ct_dose()[0]) - x0).std())}
+    if tio_ is not None:
+        added["torchio"] = float((as_cpu(tio_.ct_dose()[0]) - tio_.inputs[0]).std())
+    if monai_ is not None:
+        added["monai"] = float((as_cpu(monai_.ct_dose()[0]) - x0).std())
+    blur = as_cpu(ours.gaussian_blur()[0])
+    out: dict[str, Any] = {
+        "ct_dose": {"expected_noise_std_hu": ours.dose_params[0].added_noise_hu, "noise_std_hu": added},
+        "gaussian_blur": {"parity_torchio": None, "torchio_max_abs_diff": None, "monai_max_abs_diff": None},
+    }
+    row = out["gaussian_blur"]
+    if tio_ is not None:
+        diff = float((as_cpu(tio_.gaussian_blur()[0]) - blur).abs().max())
+        row["torchio_max_abs_diff"] = diff
+        row["parity_torchio"] = diff <= PARITY_ATOL
+    if monai_ is not None:
+        ref = as_cpu(monai_.gaussian_blur()[0])
+        row["monai_max_abs_diff"] = float((ref - blur).abs().max())
+        # Away from the borders only the kernel differs (MONAI zero-pads, we reflect).
+        r = [kernel_radius(s) for s in monai_.sigma_vox]
+        inner = (slice(None), *(slice(k, n - k) for k, n in zip(r, blur.shape[1:], strict=True)))
+        if all(n > 2 * k for k, n in zip(r, blur.shape[1:], strict=True)):
+            row["monai_interior_max_abs_diff"] = float((ref[inner] - blur[inner]).abs().max())
+    row["max_abs_input"] = float(x0.abs().max())
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--size", type=int, default=128, help="N of the N^3 volume [voxels]")
+    parser.add_argument("--batch", type=int, default=1, help="cases per batch")
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls after one warm-up")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--spacing", type=float, nargs=3, default=(1.0, 0.8, 0.8), help="D H W [mm]")
+    parser.add_argument("--dose", type=float, default=0.25, help="ct_dose severity [fraction]")
+    parser.add_argument("--reference-noise-hu", type=float, default=20.0, help="noise at full dose [HU]")
+    parser.add_argument("--fwhm-mm", type=float, default=4.0, help="gaussian_blur severity [mm]")
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    gen = torch.Generator().manual_seed(0)
-    x = (torch.randn(args.batch, 1, args.size, args.size, args.size, generator=gen) * 100.0).to(device)
-    others = {"torchio": torchio_fns(x), "monai": monai_fns(x)}
-    report: dict[str, object] = {
+    spacing = tuple(float(s) for s in args.spacing)
+
+    gen = torch.Generator().manual_seed(SEED)
+    shape = (args.batch, 1, args.size, args.size, args.size)
+    x = (torch.randn(shape, generator=gen, dtype=torch.float32) * 100.0).to(device)
+
+    std_hu = args.reference_noise_hu / math.sqrt(args.dose)
+    sigma_mm = args.fwhm_mm / FWHM_PER_SIGMA
+    ours = Ours(x, spacing, args)
+    tio_ = load(TorchIO, x, spacing, std_hu, sigma_mm)
+    monai_ = load(Monai, x, spacing, std_hu, sigma_mm)
+
+    libraries: dict[str, Any] = {}
+    for lib, obj, where in (("torchio", tio_, "cpu"), ("monai", monai_, str(device))):
+        if obj is None:
+            libraries[lib] = {"available": False}
+        else:
+            libraries[lib] = {"available": True, "version": obj.version, "device": where}
+
+    check = checks(ours, tio_, monai_, x)
+    results: dict[str, Any] = {}
+    for name in ("ct_dose", "gaussian_blur"):
+        t_ours = timed(getattr(ours, name), args.repeats, device)
+        row: dict[str, Any] = {"ours_ms": t_ours["median"], "ours_min_ms": t_ours["min"]}
+        for lib, obj, dev in (("torchio", tio_, torch.device("cpu")), ("monai", monai_, device)):
+            t = None if obj is None else timed(getattr(obj, name), args.repeats, dev)
+            row[f"{lib}_ms"] = None if t is None else t["median"]
+            row[f"{lib}_min_ms"] = None if t is None else t["min"]
+        row["torchio_over_ours"] = ratio(row["torchio_ms"], row["ours_ms"])
+        row["monai_over_ours"] = ratio(row["monai_ms"], row["ours_ms"])
+        row.update(check[name])
+        results[name] = row
+
+    report = {
+        "benchmark": "perturbations",
         "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "load_average_1m": os.getloadavg()[0],
         "size": args.size,
         "batch": args.batch,
         "repeats": args.repeats,
-        "spacing_mm": SPACING,
-        "threads": torch.get_num_threads(),
-        "settings": {"dose_fraction": DOSE, "reference_noise_hu": REF_NOISE_HU, "fwhm_mm": FWHM_MM},
-        "results": {},
+        "dtype": "float32",
+        "spacing_mm": list(spacing),
+        "settings": {
+            "dose_fraction": args.dose,
+            "reference_noise_hu": args.reference_noise_hu,
+            "noise_std_hu": std_hu,
+            "fwhm_mm": args.fwhm_mm,
+            "sigma_mm": sigma_mm,
+            "sigma_vox": [sigma_mm / s for s in spacing],
+        },
+        "libraries": libraries,
+        "perturbations": results,
     }
-    for name, severity in (("ct_dose", DOSE), ("gaussian_blur", FWHM_MM)):
-        row: dict[str, object] = {"ours_ms": timed(ours(name, severity, x), args.repeats, device)}
-        for lib, fns in others.items():
-            if fns is None:
-                row[f"{lib}_ms"] = None
-                row[f"{lib}_over_ours"] = None
-                continue
-            row[f"{lib}_ms"] = timed(fns[name], args.repeats, device)
-            row[f"{lib}_over_ours"] = row[f"{lib}_ms"] / row["ours_ms"]
-        report["results"][name] = row
-    report["available"] = {lib: fns is not None for lib, fns in others.items()}
-    report["blur_parity"] = blur_parity(x)
     print(json.dumps(report, indent=2))
 
 

@@ -2,8 +2,8 @@
 
 * ``reference`` (v1): trained on phantoms with dose reduction (dose fraction log-uniform in
   [0.03, 1]) and, for half the cases, blur (FWHM uniform in [0, 8] mm).
-* ``candidate`` (v2): the same network trained on full-dose, unblurred images only, a realistic
-  "update" that is as good at nominal acquisition and less robust to blur.
+* ``candidate`` (v2): the same network trained on full-dose, unblurred images only: an "update"
+  whose robustness to dose and blur has to be shown rather than assumed.
 
 Both are reproduced by ``python -m stress.models.demo.train`` (see docs/demo-model.md).
 """
