@@ -94,14 +94,13 @@ def _blur_axis(x: Tensor, sigmas_vox: Sequence[float], axis: int) -> Tensor:
     size = x.shape[axis]
     idx = torch.tensor(symmetric_indices(size, radius), device=x.device)
     padded = x.index_select(axis, idx).movedim(axis, -1)  # (B, C, a, b, L + 2r)
-    b, c = padded.shape[:2]
+    b = padded.shape[0]
+    rows = padded[0, ..., 0].numel()  # 1-D lines per case
     kernels = gaussian_kernels(sigmas_vox, radius, x)  # (B, K)
-    if all(s == sigmas_vox[0] for s in sigmas_vox):  # one kernel: fold the batch into channels
-        flat = padded.reshape(-1, 1, padded.shape[-1])
-        out = F.conv1d(flat, kernels[:1].view(1, 1, -1))
-    else:  # one kernel per case: grouped convolution, still no loop over cases
-        flat = padded.reshape(b, -1, padded.shape[-1]).transpose(0, 1)  # (rest, B, L)
-        out = F.conv1d(flat, kernels.view(b, 1, -1), groups=b).transpose(0, 1)
+    # Depthwise convolution: every line is its own channel with its case's kernel. One call for the
+    # whole batch, no loop over cases; much faster on CPU than a one-channel conv over many rows.
+    weight = kernels.repeat_interleave(rows, dim=0).unsqueeze(1)  # (B * rows, 1, K)
+    out = F.conv1d(padded.reshape(1, b * rows, padded.shape[-1]), weight, groups=b * rows)
     return out.reshape(*padded.shape[:-1], size).movedim(-1, axis)
 
 
