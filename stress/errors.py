@@ -40,8 +40,8 @@ class ScenarioError(StressError):
     """A scenario file has one or more problems; ``str()`` lists them all, one per line."""
 
     def __init__(self, problems: list[Problem]):
-        self.problems = problems
-        super().__init__("\n".join(str(p) for p in problems))
+        self.problems = sorted(problems, key=lambda p: (p.file, p.line, p.col))
+        super().__init__("\n".join(str(p) for p in self.problems))
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:

@@ -174,33 +174,36 @@ def _semantic_problems(sc: Scenario, file: str, positions: dict, check_imports: 
                     (section, i, "severities", j) if section == "perturbations" else (section, i, "severity")
                 )
                 add(loc, msg)
-    base_names = [b.name for b in sc.baseline]
-    for i, name in enumerate(base_names):
-        if name in base_names[:i]:
-            add(
-                ("baseline", i, "name"),
-                f"baseline step '{name}' appears twice (expected each perturbation once)",
-            )
-    for i, name in enumerate(sc.statistics.subgroups):
-        if name in sc.statistics.subgroups[:i]:
-            add(
-                ("statistics", "subgroups", i),
-                f"subgroup '{name}' is listed twice (expected each attribute once)",
-            )
-    names = [p.name for p in sc.perturbations]
-    for i, name in enumerate(names):
-        if name in names[:i]:
-            add(
-                ("perturbations", i, "name"),
-                f"perturbation '{name}' is swept twice (expected one sweep each; merge the severity lists)",
-            )
+    repeats = (
+        (
+            [b.name for b in sc.baseline],
+            lambda i: ("baseline", i, "name"),
+            "baseline step",
+            "each perturbation once",
+        ),
+        (
+            sc.statistics.subgroups,
+            lambda i: ("statistics", "subgroups", i),
+            "subgroup",
+            "each attribute once",
+        ),
+        (
+            [p.name for p in sc.perturbations],
+            lambda i: ("perturbations", i, "name"),
+            "perturbation",
+            "one sweep each; merge the severity lists",
+        ),
+        ([m.name for m in sc.models], lambda i: ("models", i, "name"), "model name", "unique names"),
+        ([c.id for c in sc.gate], lambda i: ("gate", i, "id"), "criterion id", "unique ids"),
+    )
+    for names, loc_of, what, expected in repeats:
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                add(loc_of(i), f"{what} '{name}' appears twice (expected {expected})")
     for i, metric in enumerate(sc.metrics):
         if metric not in METRICS:
             add(("metrics", i), unknown_name_message("metric", metric, METRICS))
-    model_names = [m.name for m in sc.models]
     for i, model in enumerate(sc.models):
-        if model.name in model_names[:i]:
-            add(("models", i, "name"), f"model name '{model.name}' is used twice (expected unique names)")
         module = str(model.python).split(":")[0]
         if not check_imports:
             continue
@@ -222,10 +225,7 @@ def _gate_problems(sc: Scenario, attributes: dict, add) -> None:
     sweep_names |= {
         PERTURBATIONS.get(p.name).severity.name for p in sc.perturbations if p.name in PERTURBATIONS
     }
-    ids = [c.id for c in sc.gate]
     for i, crit in enumerate(sc.gate):
-        if crit.id in ids[:i]:
-            add(("gate", i, "id"), f"criterion id '{crit.id}' is used twice (expected unique ids)")
         try:
             rule = parse_rule(crit.rule)
         except RuleSyntaxError as exc:
