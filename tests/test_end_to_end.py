@@ -213,3 +213,20 @@ def test_report_needs_only_the_run_directory_not_the_models(clean_run, tmp_path)
     (copy / "manifest.json").write_text(json.dumps(manifest))
     stress("report", str(copy))
     assert (copy / "evidence" / "report.pdf").exists()
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        (
+            "bad_models:raising_model",
+            "model 'v2': predict() raised RuntimeError: CUDA out of memory (simulated)",
+        ),
+        ("bad_models:missing_weights", "models[1].python: factory 'bad_models:missing_weights' failed"),
+        ("bad_models:nothing_here", "has no callable 'nothing_here'"),
+    ],
+)
+def test_failing_model_code_is_a_clear_error(tmp_path, target, message):
+    scenario = write_scenario(tmp_path / "bad.yaml", n_cases=4, candidate=target)
+    proc = stress("run", str(scenario), "--out", str(tmp_path / "run"), "--no-progress", check_rc=2)
+    assert message in proc.stderr

@@ -44,8 +44,14 @@ class LoadedModel:
 
     def predict(self, image: Tensor, spacing_mm: tuple[float, float, float], case_ids: list[str]) -> Tensor:
         """Run the model and check its output: ``(B,)`` finite probabilities, else :class:`StressError`."""
-        with torch.inference_mode():
-            out = self.predictor.predict(image, spacing_mm)
+        try:
+            with torch.inference_mode():
+                out = self.predictor.predict(image, spacing_mm)
+        except Exception as exc:  # noqa: BLE001  (any failure of third-party model code is bad model input)
+            raise StressError(
+                f"model '{self.name}': predict() raised {type(exc).__name__}: {exc} for cases "
+                f"{case_ids[0]}..{case_ids[-1]} (expected probabilities of shape ({len(case_ids)},))"
+            ) from None
         if not isinstance(out, Tensor):
             raise StressError(
                 f"model '{self.name}': predict() returned {type(out).__name__} "
@@ -95,9 +101,10 @@ def load_python(section: ModelSection, device: torch.device, where: str) -> Load
     module_name, attr = str(section.python).split(":")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
+    except Exception as exc:  # noqa: BLE001  (ImportError, or any error raised while importing user code)
         raise StressError(
-            f"{where}.python: cannot import '{module_name}': {exc} (expected an importable module)"
+            f"{where}.python: cannot import '{module_name}': {type(exc).__name__}: {exc} "
+            "(expected an importable module)"
         ) from None
     factory = getattr(module, attr, None)
     if not callable(factory):
@@ -109,6 +116,11 @@ def load_python(section: ModelSection, device: torch.device, where: str) -> Load
     except TypeError as exc:
         raise StressError(
             f"{where}.kwargs: factory '{section.python}' rejected its arguments: {exc}"
+        ) from None
+    except Exception as exc:  # noqa: BLE001  (a factory that fails, e.g. on missing weights)
+        raise StressError(
+            f"{where}.python: factory '{section.python}' failed: {type(exc).__name__}: {exc} "
+            "(expected it to return a model)"
         ) from None
     if not isinstance(predictor, Predictor):
         raise StressError(

@@ -19,3 +19,16 @@ class _NaNAfterFirstBatch:
 
 def nan_model(device="cpu"):
     return _NaNAfterFirstBatch()
+
+
+class _Raises:
+    def predict(self, image, spacing_mm):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+
+def raising_model(device="cpu"):
+    return _Raises()
+
+
+def missing_weights(device="cpu"):
+    raise FileNotFoundError("weights/model.pt")
