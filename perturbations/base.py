@@ -62,7 +62,10 @@ class Severity:
         if ok_low and value <= self.high:
             return None
         bracket = "[" if self.low_inclusive else "("
-        return f"{self.name} must be in {bracket}{self.low:g}, {self.high:g}] ({self.unit}); got {value!r}"
+        return (
+            f"{self.name} is out of range "
+            f"(expected {bracket}{self.low:g}, {self.high:g}] {self.unit}, got {value!r})"
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

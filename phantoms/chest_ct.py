@@ -75,21 +75,27 @@ class ChestCTSpec(PhantomSpec):
     @classmethod
     def _shape(cls, v: tuple[int, int, int]) -> tuple[int, int, int]:
         if any(n < 8 or n > 1024 for n in v):
-            raise ValueError(f"each dimension of shape must be in [8, 1024] voxels, got {list(v)}")
+            raise ValueError(
+                f"shape is out of range (expected each dimension in [8, 1024] voxels, got {list(v)})"
+            )
         return v
 
     @field_validator("spacing_mm")
     @classmethod
     def _spacing(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
         if any(not 0.05 <= s <= 50.0 for s in v):
-            raise ValueError(f"each spacing must be in [0.05, 50] mm, got {list(v)}")
+            raise ValueError(
+                f"spacing_mm is out of range (expected each spacing in [0.05, 50] mm, got {list(v)})"
+            )
         return v
 
     @field_validator("vessel_radius_mm")
     @classmethod
     def _vessels(cls, v: tuple[float, float]) -> tuple[float, float]:
         if not 0.1 <= v[0] <= v[1] <= 20.0:
-            raise ValueError(f"vessel_radius_mm must satisfy 0.1 <= low <= high <= 20 mm, got {list(v)}")
+            raise ValueError(
+                f"vessel_radius_mm is invalid (expected 0.1 <= low <= high <= 20 mm, got {list(v)})"
+            )
         return v
 
     @field_validator("lesion_size_bands_mm")
@@ -99,7 +105,9 @@ class ChestCTSpec(PhantomSpec):
             raise ValueError("at least one lesion size band is needed (expected e.g. small: [6, 10])")
         for band, (lo, hi) in v.items():
             if not 0.5 <= lo < hi <= 60.0:
-                raise ValueError(f"band '{band}' must satisfy 0.5 <= low < high <= 60 mm, got [{lo}, {hi}]")
+                raise ValueError(
+                    f"band '{band}' is invalid (expected 0.5 <= low < high <= 60 mm, got [{lo}, {hi}])"
+                )
         return v
 
 

@@ -35,10 +35,14 @@ class PopulationSpec(BaseModel):
                 )
             for level, p in dist.items():
                 if not 0.0 <= p <= 1.0:
-                    raise ValueError(f"probability of {name}={level} must be in [0, 1], got {p}")
+                    raise ValueError(
+                        f"probability of {name}={level} is out of range (expected a value in [0, 1], got {p})"
+                    )
             total = sum(dist.values())
             if abs(total - 1.0) > PROBABILITY_TOLERANCE:
-                raise ValueError(f"probabilities of '{name}' must sum to 1, got {total:g}")
+                raise ValueError(
+                    f"probabilities of '{name}' do not sum to 1 (expected a total of 1, got {total:g})"
+                )
         return value
 
 

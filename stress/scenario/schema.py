@@ -45,7 +45,7 @@ class PerturbationSweep(_Model):
     @classmethod
     def _unique(cls, v: list[float]) -> list[float]:
         if len(set(v)) != len(v):
-            raise ValueError(f"severities must be distinct, got {v}")
+            raise ValueError(f"severities repeat a value (expected distinct values, got {v})")
         return v
 
 

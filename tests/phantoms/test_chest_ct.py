@@ -87,9 +87,9 @@ def test_population_matches_the_spec_chi_square():
 
 
 def test_bad_spec_is_rejected_with_field_and_value():
-    with pytest.raises(ValueError, match=r"shape must be in \[8, 1024\]"):
+    with pytest.raises(ValueError, match=r"expected each dimension in \[8, 1024\] voxels"):
         ChestCTSpec(shape=(4, 64, 64))
-    with pytest.raises(ValueError, match="band 'small' must satisfy"):
+    with pytest.raises(ValueError, match=r"band 'small' is invalid \(expected 0.5 <= low < high"):
         ChestCTSpec(lesion_size_bands_mm={"small": (10.0, 5.0)})
 
 
