@@ -131,8 +131,10 @@ def run_chunk(
             steps = sample_chain(sc, chain, batch)
             image = apply_chain(batch.image, batch.spacing_mm, steps)
             sev = PERTURBATIONS.get(name).severity
+            records = [json.dumps([s.record(b) for s in steps], sort_keys=True) for b in range(len(indices))]
             for model in models:
-                scores = model.predict(image, batch.spacing_mm, ids).tolist()
+                # A copy per model: a model that normalises its input in place must not change the next one's.
+                scores = model.predict(image.clone(), batch.spacing_mm, ids).tolist()
                 for b, score in enumerate(scores):
                     rows.append(
                         {
@@ -142,7 +144,7 @@ def run_chunk(
                             "severity_name": sev.name,
                             "severity_unit": sev.unit,
                             "severity": float(severity),
-                            "params_json": json.dumps([s.record(b) for s in steps], sort_keys=True),
+                            "params_json": records[b],
                             "model": model.name,
                             "model_role": model.role,
                             "score": float(score),

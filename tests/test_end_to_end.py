@@ -230,3 +230,13 @@ def test_failing_model_code_is_a_clear_error(tmp_path, target, message):
     scenario = write_scenario(tmp_path / "bad.yaml", n_cases=4, candidate=target)
     proc = stress("run", str(scenario), "--out", str(tmp_path / "run"), "--no-progress", check_rc=2)
     assert message in proc.stderr
+
+
+def test_a_model_that_modifies_its_input_does_not_change_the_other_models_input(clean_run, tmp_path):
+    _, reference_run = clean_run
+    scenario = write_scenario(tmp_path / "inplace.yaml", reference="bad_models:in_place_model")
+    stress("run", str(scenario), "--out", str(tmp_path / "run"), "--no-progress")
+    ours = pd.read_parquet(tmp_path / "run" / "results.parquet")
+    clean = pd.read_parquet(reference_run / "results.parquet")
+    v2 = [_sorted(f[f["model"] == "v2"]).drop(columns="model_role") for f in (ours, clean)]
+    pd.testing.assert_frame_equal(v2[0], v2[1])

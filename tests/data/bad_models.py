@@ -32,3 +32,15 @@ def raising_model(device="cpu"):
 
 def missing_weights(device="cpu"):
     raise FileNotFoundError("weights/model.pt")
+
+
+class _InPlace:
+    """A model that normalises its input in place (allowed) and answers from it."""
+
+    def predict(self, image, spacing_mm):
+        image.sub_(image.mean()).div_(1000.0)
+        return torch.sigmoid(image.flatten(1).amax(dim=1))
+
+
+def in_place_model(device="cpu"):
+    return _InPlace()
