@@ -19,7 +19,16 @@ from reportlab.lib import colors
 from reportlab.lib.pagesizes import A4
 from reportlab.lib.styles import ParagraphStyle, getSampleStyleSheet
 from reportlab.lib.units import mm
-from reportlab.platypus import Image, PageBreak, Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
+from reportlab.platypus import (
+    Image,
+    KeepTogether,
+    PageBreak,
+    Paragraph,
+    SimpleDocTemplate,
+    Spacer,
+    Table,
+    TableStyle,
+)
 
 from evidence.figures import robustness_curve
 from stress.gate import evaluate_gate
@@ -27,6 +36,8 @@ from stress.rundata import RunData, load_run
 from stress.store import write_atomic
 
 _STYLES = getSampleStyleSheet()
+MARGIN_MM = 18
+TEXT_WIDTH_MM = 210 - 2 * MARGIN_MM  # A4
 _SMALL = ParagraphStyle("small", parent=_STYLES["BodyText"], fontSize=7.5, leading=9)
 _CELL = ParagraphStyle("cell", parent=_STYLES["BodyText"], fontSize=7, leading=8.5)
 _GRID = TableStyle(
@@ -45,6 +56,12 @@ def _table(header: list[str], rows: list[list[Any]], widths: list[float] | None 
     table = Table(data, colWidths=widths, repeatRows=1)
     table.setStyle(_GRID)
     return table
+
+
+def _widths(fixed_mm: list[float], metrics: list[str]) -> list[float]:
+    """Column widths: the fixed columns, then the page width left shared by the metric columns."""
+    left = TEXT_WIDTH_MM - sum(fixed_mm)
+    return [w * mm for w in fixed_mm] + [left / max(len(metrics), 1) * mm] * len(metrics)
 
 
 def fmt_ci(row: pd.Series) -> str:
@@ -142,12 +159,13 @@ def _gate_section(run: RunData) -> list[Any]:
 
 
 def _curves_section(run: RunData, fig_dir: Path) -> list[Any]:
-    story: list[Any] = [Paragraph("3. Robustness curves", _STYLES["Heading2"])]
     metric = "auc" if "auc" in run.scenario.metrics else run.scenario.metrics[0]
+    figures = []
     for p in run.scenario.perturbations:
         png = robustness_curve(run.metrics, p.name, metric, fig_dir / f"robustness_{p.name}_{metric}.png")
-        story.append(Image(str(png), width=150 * mm, height=90 * mm))
-    return story
+        figures.append(Image(str(png), width=150 * mm, height=90 * mm))
+    # The heading stays on the page of the first figure.
+    return [KeepTogether([Paragraph("3. Robustness curves", _STYLES["Heading2"]), figures[0]]), *figures[1:]]
 
 
 def _metrics_section(run: RunData) -> list[Any]:
@@ -175,7 +193,9 @@ def _metrics_section(run: RunData) -> list[Any]:
         ]
         by_metric = {r["metric"]: fmt_ci(r) for _, r in cells.iterrows()}
         rows.append([pert, f"{sev:g}", model, *[by_metric.get(k, "-") for k in metrics]])
-    story.append(_table(["perturbation", "severity", "model", *metrics], rows))
+    story.append(
+        _table(["perturbation", "severity", "model", *metrics], rows, _widths([28, 16, 16], metrics))
+    )
     story.append(PageBreak())
     story.append(Paragraph("5. Subgroup performance", _STYLES["Heading2"]))
     story.append(
@@ -200,7 +220,8 @@ def _metrics_section(run: RunData) -> list[Any]:
                 *[by_metric.get(k, "-") for k in metrics],
             ]
         )
-    story.append(_table(["perturbation", "severity", "model", "subgroup", "n", *metrics], rows))
+    widths = _widths([22, 15, 13, 29, 16], metrics)
+    story.append(_table(["perturbation", "severity", "model", "subgroup", "n", *metrics], rows, widths))
     return story
 
 
@@ -263,8 +284,8 @@ def build_report(run_dir: str | Path) -> Path:
         pagesize=A4,
         title=title,
         author="phantom-stress",
-        leftMargin=18 * mm,
-        rightMargin=18 * mm,
+        leftMargin=MARGIN_MM * mm,
+        rightMargin=MARGIN_MM * mm,
         topMargin=16 * mm,
         bottomMargin=16 * mm,
     )
