@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.install-stamp
 TORCH  := torch==2.13.0
 DEMO_OUT ?= runs/demo
 
-.PHONY: install demo test bench lint clean
+.PHONY: install demo test bench lint clean dicom-tools
 
 install: $(STAMP)
 
@@ -24,8 +24,14 @@ demo: install
 	$(BIN)/stress gate $(DEMO_OUT) --junit $(DEMO_OUT)/gate-junit.xml || test $$? -eq 1
 	$(BIN)/stress report $(DEMO_OUT)
 
-test: install
+test: install dicom-tools
 	$(BIN)/python -m pytest -q
+
+# dciodvfy validates exported DICOM; best effort (the test that needs it is skipped, with a reason, without it).
+dicom-tools:
+	@command -v dciodvfy >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq && apt-get install -y -qq dicom3tools) >/dev/null 2>&1; } || \
+	  echo "dicom3tools not installed: the DICOM validation test will be skipped"
 
 bench: install
 	$(BIN)/python bench/bench_perturbations.py

@@ -178,6 +178,46 @@ def report(run_dir: Annotated[Path, typer.Argument(help="run directory written b
     out.print(f"evidence pack: {pdf}")
 
 
+phantoms_app = typer.Typer(no_args_is_help=True, help="Export or preview a scenario's phantom cases.")
+app.add_typer(phantoms_app, name="phantoms")
+
+
+@phantoms_app.command("export")
+def phantoms_export(
+    scenario: Annotated[Path, typer.Argument(help="scenario YAML file")],
+    out_dir: Annotated[Path, typer.Option("--out", help="folder to write case-NNNNNN/ folders into")],
+    fmt: Annotated[str, typer.Option("--format", help="nifti or dicom")] = "nifti",
+    cases: Annotated[int | None, typer.Option(help="export only the first N cases")] = None,
+) -> None:
+    """Write the scenario's noiseless phantom cases as NIfTI (image, mask) or DICOM CT series."""
+    from stress.phantom_io import export_cases
+    from stress.scenario import load_scenario
+
+    try:
+        n = export_cases(load_scenario(scenario), out_dir, fmt, cases)
+    except StressError as exc:
+        raise _fail(exc) from None
+    out.print(f"exported {n} cases as {fmt} to {out_dir}")
+
+
+@phantoms_app.command("preview")
+def phantoms_preview(
+    scenario: Annotated[Path, typer.Argument(help="scenario YAML file")],
+    png: Annotated[Path, typer.Option("--out", help="PNG file to write")] = Path("phantom-preview.png"),
+    show: Annotated[int, typer.Option(help="cases in the montage")] = 6,
+    pool: Annotated[int, typer.Option(help="choose them among the first N cases")] = 32,
+) -> None:
+    """PNG montage of cases across subgroups: axial, coronal, sagittal slices with the lesion outlined."""
+    from stress.phantom_io import preview_cases
+    from stress.scenario import load_scenario
+
+    try:
+        path = preview_cases(load_scenario(scenario), png, show, pool)
+    except StressError as exc:
+        raise _fail(exc) from None
+    out.print(f"preview: {path}")
+
+
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="stress")

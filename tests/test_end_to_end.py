@@ -240,3 +240,25 @@ def test_a_model_that_modifies_its_input_does_not_change_the_other_models_input(
     clean = pd.read_parquet(reference_run / "results.parquet")
     v2 = [_sorted(f[f["model"] == "v2"]).drop(columns="model_role") for f in (ours, clean)]
     pd.testing.assert_frame_equal(v2[0], v2[1])
+
+
+def test_phantoms_export_and_preview_commands(tmp_path):
+    proc = stress(
+        "phantoms", "export", "scenarios/ci_smoke.yaml", "--out", str(tmp_path / "nii"), "--cases", "2"
+    )
+    assert "exported 2 cases as nifti" in proc.stdout
+    assert (tmp_path / "nii" / "case-000001" / "mask.nii.gz").exists()
+    proc = stress(
+        "phantoms",
+        "export",
+        "scenarios/ci_smoke.yaml",
+        "--out",
+        str(tmp_path / "x"),
+        "--format",
+        "png",
+        check_rc=2,
+    )
+    assert "unknown format 'png' (expected one of: nifti, dicom)" in proc.stderr
+    png = tmp_path / "preview.png"
+    stress("phantoms", "preview", "scenarios/ci_smoke.yaml", "--out", str(png), "--show", "2", "--pool", "4")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,75 @@
+"""A PNG montage of phantom cases: axial, coronal and sagittal slices with the lesion mask outlined."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from phantoms.base import CaseBatch  # noqa: E402
+
+WINDOW_HU = (-1000.0, 400.0)  # lung window
+
+
+def pick_cases(batch: CaseBatch, n: int) -> list[int]:
+    """Up to ``n`` batch positions covering distinct (label, attribute values) first, then the rest."""
+    seen, first, rest = set(), [], []
+    for b in range(batch.image.shape[0]):
+        key = (batch.label[b], tuple(sorted(batch.attributes[b].items())))
+        (rest if key in seen else first).append(b)
+        seen.add(key)
+    return (first + rest)[:n]
+
+
+def _centre(batch: CaseBatch, b: int) -> tuple[int, int, int]:
+    """Slice indices through the lesion centre (volume centre for negative cases)."""
+    shape = batch.image.shape[2:]
+    if batch.lesions and batch.lesions[b]:
+        mm = batch.lesions[b][0]["centre_mm"]
+        idx = [round(c / s + (n - 1) / 2) for c, s, n in zip(mm, batch.spacing_mm, shape, strict=True)]
+        return tuple(int(np.clip(i, 0, n - 1)) for i, n in zip(idx, shape, strict=True))
+    return tuple(n // 2 for n in shape)
+
+
+def save_montage(batch: CaseBatch, positions: list[int], path: Path) -> Path:
+    """One row per case (axial, coronal, sagittal); mask contours in red; titles give the attributes."""
+    sz, sy, sx = batch.spacing_mm
+    fig, axes = plt.subplots(len(positions), 3, figsize=(9.0, 2.9 * len(positions)), dpi=90, squeeze=False)
+    for row, b in enumerate(positions):
+        img = batch.image[b, 0].detach().cpu().numpy()
+        mask = batch.mask[b, 0].detach().cpu().numpy()
+        k, j, i = _centre(batch, b)
+        views = [
+            (img[k], mask[k], sy / sx),
+            (img[:, j, :], mask[:, j, :], sz / sx),
+            (img[:, :, i], mask[:, :, i], sz / sy),
+        ]
+        for col, (plane, outline, aspect) in enumerate(views):
+            ax = axes[row, col]
+            ax.imshow(
+                plane,
+                cmap="gray",
+                vmin=WINDOW_HU[0],
+                vmax=WINDOW_HU[1],
+                aspect=aspect,
+                origin="upper" if col == 0 else "lower",
+            )
+            if outline.any():
+                ax.contour(outline, levels=[0.5], colors="red", linewidths=0.8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        attrs = ", ".join(f"{key}={value}" for key, value in batch.attributes[b].items())
+        axes[row, 0].set_ylabel(f"case {batch.case_index[b]}\nlabel {batch.label[b]}", fontsize=8)
+        axes[row, 1].set_title(attrs, fontsize=8)
+    for col, name in enumerate(("axial", "coronal", "sagittal")):
+        axes[0, col].set_xlabel(name, fontsize=8)
+        axes[0, col].xaxis.set_label_position("top")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", metadata={"Software": None})
+    plt.close(fig)
+    return path
