@@ -70,20 +70,35 @@ def test_negative_cases_have_empty_masks_and_no_lesion():
 
 
 def test_population_matches_the_spec_chi_square():
-    pop = PopulationSpec(
-        prevalence=0.3, attributes={"bmi_band": {"normal": 0.5, "overweight": 0.3, "obese": 0.2}}
-    )
-    gen = PHANTOMS.get("chest_ct")
+    # n = 2000 cases, every attribute: chi-square p > 0.01 (fixed seed, so the test is deterministic).
+    spec = {
+        "sex": {"female": 0.3, "male": 0.7},
+        "bmi_band": {"normal": 0.5, "overweight": 0.3, "obese": 0.2},
+        "lesion_size": {"small": 0.8, "large": 0.2},
+    }
+    pop = PopulationSpec(prevalence=0.3, attributes=spec)
     from phantoms.chest_ct import _draw_case
 
-    draws = [_draw_case(SPEC, pop, 11, i) for i in range(1500)]
+    draws = [_draw_case(SPEC, pop, 11, i) for i in range(2000)]
     labels = np.array([d.label for d in draws])
-    assert stats.binomtest(int(labels.sum()), labels.size, 0.3).pvalue > 0.001
-    observed = [
-        sum(d.attributes["bmi_band"] == lv for d in draws) for lv in ("normal", "overweight", "obese")
-    ]
-    assert stats.chisquare(observed, np.array([0.5, 0.3, 0.2]) * len(draws)).pvalue > 0.001
-    assert {a.name for a in gen.attributes(SPEC)} == {"sex", "bmi_band", "lesion_size"}
+    assert stats.binomtest(int(labels.sum()), labels.size, 0.3).pvalue > 0.01
+    for name, dist in spec.items():
+        values = [d.attributes[name] for d in draws if d.attributes[name] != "none"]
+        observed = [values.count(level) for level in dist]
+        expected = np.array(list(dist.values())) * len(values)
+        assert stats.chisquare(observed, expected).pvalue > 0.01, name
+    assert all(d.attributes["lesion_size"] == "none" for d in draws if not d.label)
+    assert {a.name for a in PHANTOMS.get("chest_ct").attributes(SPEC)} == {"sex", "bmi_band", "lesion_size"}
+
+
+def test_same_seed_same_volume_hash_and_cases_differ():
+    import hashlib
+
+    def digest(seed, index):
+        return hashlib.sha256(_gen([index], seed=seed).image.numpy().tobytes()).hexdigest()
+
+    assert digest(3, 4) == digest(3, 4)
+    assert len({digest(3, 4), digest(3, 5), digest(4, 4)}) == 3
 
 
 def test_bad_spec_is_rejected_with_field_and_value():
