@@ -10,9 +10,12 @@ DICOM. One CT Image Storage object per axial slice, with Image Position/Orientat
 Pixel Spacing (row, column), Slice Thickness, Rescale Intercept -1024 / Slope 1 (stored values are
 HU + 1024, rounded, clipped to [0, 4095]). Every UID is derived from ``(scenario seed, case index,
 role, slice)`` with :func:`pydicom.uid.generate_uid`'s entropy sources, so an export is
-reproducible byte for byte. Masks are written as NIfTI label maps; DICOM SEG is not written yet.
+reproducible byte for byte. A positive case's lesion mask is also written as a binary DICOM
+Segmentation (highdicom) referencing the CT slices; its segment is labelled as produced by the
+phantom generator (a private coding scheme, ``99PHSTRS``), since it is the reference standard by
+construction rather than the output of a segmentation algorithm.
 
-SimpleITK and pydicom are imported on use, so the rest of the package does not need them.
+SimpleITK, pydicom and highdicom are imported on use, so the rest of the package does not need them.
 """
 
 from __future__ import annotations
@@ -140,17 +143,73 @@ def _ct_slice(batch: CaseBatch, b: int, k: int, stored: np.ndarray, seed: int) -
     return ds
 
 
+def _segmentation(batch: CaseBatch, b: int, slices: list[Any], seed: int) -> Any:
+    """Binary DICOM SEG of case ``b``'s lesion mask over its CT ``slices`` (fixed dates, seeded UIDs)."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    case = batch.case_index[b]
+    generator = hd.sr.CodedConcept("PHANTOM", "99PHSTRS", "Synthetic phantom reference standard")
+    segment = hd.seg.SegmentDescription(
+        segment_number=1,
+        segment_label="nodule",
+        segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+        segmented_property_type=codes.SCT.Nodule,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=hd.AlgorithmIdentificationSequence(
+            name="phantom-stress chest_ct", family=generator, version="1"
+        ),
+    )
+    seg = hd.seg.Segmentation(
+        source_images=slices,
+        pixel_array=batch.mask[b, 0].detach().cpu().numpy().astype(bool),
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[segment],
+        series_instance_uid=_uid(seed, case, "seg-series"),
+        series_number=2,
+        sop_instance_uid=_uid(seed, case, "seg"),
+        instance_number=1,
+        manufacturer="phantom-stress",
+        manufacturer_model_name="chest_ct",
+        software_versions="phantom-stress",
+        device_serial_number="0",
+        omit_empty_frames=True,
+    )
+    # highdicom draws a random dimension-organisation UID and stamps its contribution with the time:
+    # replace both so that the same case exports to the same bytes.
+    dimension_uid = _uid(seed, case, "seg-dimensions")
+    for item in [*seg.DimensionOrganizationSequence, *seg.DimensionIndexSequence]:
+        item.DimensionOrganizationUID = dimension_uid
+    for item in seg.get("ContributingEquipmentSequence", []):
+        if "ContributionDateTime" in item:
+            item.ContributionDateTime = STUDY_DATE + "000000"
+    for keyword in ("ContentDate", "SeriesDate", "InstanceCreationDate"):
+        if keyword in seg:
+            setattr(seg, keyword, STUDY_DATE)
+    for keyword in ("ContentTime", "SeriesTime", "InstanceCreationTime"):
+        if keyword in seg:
+            setattr(seg, keyword, "000000")
+    return seg
+
+
 def export_dicom(batch: CaseBatch, out_dir: Path, seed: int) -> list[Path]:
-    """Write ``case-NNNNNN/ct/slice-NNNN.dcm`` (one CT object per slice) and ``case.json`` per case."""
+    """Write each case's CT series, its lesion SEG (positive cases) and ``case.json``.
+
+    Layout: ``case-NNNNNN/ct/slice-NNNN.dcm`` (one CT object per axial slice), ``case-NNNNNN/seg.dcm``.
+    """
     folders = []
     for b in range(batch.image.shape[0]):
         folder = out_dir / f"case-{batch.case_index[b]:06d}"
         (folder / "ct").mkdir(parents=True, exist_ok=True)
         hu = batch.image[b, 0].detach().cpu().numpy()
         stored = np.clip(np.rint(hu + HU_OFFSET), 0, 4095).astype(np.uint16)
+        slices = []
         for k in range(stored.shape[0]):
             ds = _ct_slice(batch, b, k, stored[k], seed)
             ds.save_as(folder / "ct" / f"slice-{k:04d}.dcm", enforce_file_format=True)
+            slices.append(ds)
+        if bool(batch.mask[b].any()):
+            _segmentation(batch, b, slices, seed).save_as(folder / "seg.dcm", enforce_file_format=True)
         (folder / "case.json").write_text(json.dumps(_case_record(batch, b), indent=2, sort_keys=True) + "\n")
         folders.append(folder)
     return folders

@@ -64,11 +64,34 @@ def test_dicom_export_is_reproducible_and_uids_are_valid(tmp_path, batch):
     assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.2"  # CT Image Storage
 
 
+def test_lesion_segmentation_reads_back_and_is_reproducible(tmp_path, batch):
+    hd = pytest.importorskip("highdicom")
+    a = export_dicom(batch, tmp_path / "a", seed=5)[0] / "seg.dcm"
+    b = export_dicom(batch, tmp_path / "b", seed=5)[0] / "seg.dcm"
+    assert a.read_bytes() == b.read_bytes()
+    seg = hd.seg.segread(a)
+    assert seg.SegmentSequence[0].SegmentLabel == "nodule"
+    # frames hold the mask's non-empty slices, in slice order, each tied to its CT slice by position
+    mask = batch.mask[0, 0].numpy()
+    slices = [k for k in range(mask.shape[0]) if mask[k].any()]
+    frames = seg.pixel_array.reshape(len(slices), *mask.shape[1:]).astype(bool)
+    z0 = case_geometry(batch)["origin"][2]
+    positions = [
+        float(f.PlanePositionSequence[0].ImagePositionPatient[2])
+        for f in seg.PerFrameFunctionalGroupsSequence
+    ]
+    order = np.argsort(positions)
+    np.testing.assert_allclose(
+        np.array(positions)[order], [z0 + k * SPEC.spacing_mm[0] for k in slices], atol=1e-4
+    )
+    np.testing.assert_array_equal(frames[order], mask[slices])
+
+
 def test_dciodvfy_reports_no_errors(tmp_path, batch):
     if shutil.which("dciodvfy") is None:
         pytest.skip("dciodvfy (dicom3tools) is not installed; `make test` installs it where apt-get works")
-    folder = export_dicom(batch, tmp_path, seed=5)[0] / "ct"
-    for path in sorted(folder.glob("*.dcm"))[:3]:
+    folder = export_dicom(batch, tmp_path, seed=5)[0]
+    for path in [*sorted((folder / "ct").glob("*.dcm"))[:3], folder / "seg.dcm"]:
         out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
         report = out.stdout + out.stderr
         assert "Error" not in report, report
