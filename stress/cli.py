@@ -1,4 +1,4 @@
-"""The ``stress`` command line: validate, list, run, gate, report.
+"""The ``stress`` command line: validate, list, run, gate, report, phantoms export|preview.
 
 Exit codes: 0 success (gate: all criteria pass), 1 gate failure, 2 bad input (scenario, run
 directory, model output; one message naming file/line/field or case), 130 interrupted.
@@ -28,11 +28,10 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
 
-def _fail(exc: StressError) -> typer.Exit:
-    """Print a bad-input error (no traceback) and return the exit to raise (code 2)."""
+def _report_bad_input(exc: StressError) -> None:
+    """Print a bad-input error: one message per problem, no traceback."""
     text = str(exc) if isinstance(exc, ScenarioError) else f"error: {exc}"
     err.print(text, markup=False, style="red" if err.is_terminal else None)
-    return typer.Exit(exc.exit_code)
 
 
 @app.command()
@@ -40,10 +39,7 @@ def validate(file: Annotated[Path, typer.Argument(help="scenario YAML file")]) -
     """Check a scenario; print every problem as FILE:LINE:COL: field: message."""
     from stress.scenario import load_scenario
 
-    try:
-        loaded = load_scenario(file)
-    except StressError as exc:
-        raise _fail(exc) from None
+    loaded = load_scenario(file)
     out.print(f"{file}: OK  {loaded.scenario.summary()}")
 
 
@@ -123,12 +119,10 @@ def run(
     from stress.runner import run_scenario
     from stress.scenario import load_scenario
 
+    loaded = load_scenario(scenario)
+    out.print(loaded.scenario.summary())
     try:
-        loaded = load_scenario(scenario)
-        out.print(loaded.scenario.summary())
         store = run_scenario(loaded, out_dir, device, show_progress=progress)
-    except StressError as exc:
-        raise _fail(exc) from None
     except KeyboardInterrupt:
         err.print(f"interrupted: finished chunks are kept in {out_dir}; run the same command again to resume")
         raise typer.Exit(130) from None
@@ -144,10 +138,7 @@ def gate(
     from stress.gate import evaluate_gate, junit_xml
     from stress.rundata import load_run
 
-    try:
-        run_data = load_run(run_dir)
-    except StressError as exc:
-        raise _fail(exc) from None
+    run_data = load_run(run_dir)
     verdicts = evaluate_gate(run_data.metrics, run_data.scenario)
     table = Table(title=f"gate: {run_data.scenario.name}", title_justify="left")
     for col in ("id", "rule", "statistic", "cells", "verdict", "evidence"):
@@ -171,10 +162,7 @@ def report(run_dir: Annotated[Path, typer.Argument(help="run directory written b
     """Build RUN/evidence/report.pdf from the run directory alone (no model or GPU needed)."""
     from evidence.report import build_report
 
-    try:
-        pdf = build_report(run_dir)
-    except StressError as exc:
-        raise _fail(exc) from None
+    pdf = build_report(run_dir)
     out.print(f"evidence pack: {pdf}")
 
 
@@ -193,10 +181,7 @@ def phantoms_export(
     from stress.phantom_io import export_cases
     from stress.scenario import load_scenario
 
-    try:
-        n = export_cases(load_scenario(scenario), out_dir, fmt, cases)
-    except StressError as exc:
-        raise _fail(exc) from None
+    n = export_cases(load_scenario(scenario), out_dir, fmt, cases)
     out.print(f"exported {n} cases as {fmt} to {out_dir}")
 
 
@@ -211,16 +196,17 @@ def phantoms_preview(
     from stress.phantom_io import preview_cases
     from stress.scenario import load_scenario
 
-    try:
-        path = preview_cases(load_scenario(scenario), png, show, pool)
-    except StressError as exc:
-        raise _fail(exc) from None
+    path = preview_cases(load_scenario(scenario), png, show, pool)
     out.print(f"preview: {path}")
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app(prog_name="stress")
+    """Console-script entry point: bad input (any :class:`StressError`) exits with 2, without a traceback."""
+    try:
+        app(prog_name="stress")
+    except StressError as exc:
+        _report_bad_input(exc)
+        sys.exit(exc.exit_code)
 
 
 if __name__ == "__main__":
