@@ -1,12 +1,12 @@
-"""Time ``chest_ct`` phantom generation: ms per case and cases per second, on the device present.
+"""Time phantom generation: ms per case and cases per second, per generator, on the device present.
 
-Generates the same ``--batch`` cases (population seed 0, prevalence 0.5) ``--repeats`` times after
-one warm-up call, at ``N^3`` voxels with isotropic spacing ``fov_mm / N`` (default 384 mm / 128 =
-3.0 mm, an adult chest's field of view), and prints one JSON document with the median time per
-case. The host-side part (drawing each case's few dozen scalars) is timed separately.
+For each generator (default: every registered one) the default field of view is kept and sampled on
+an ``N^3`` grid (spacing = default extent / N per axis). The same ``--batch`` cases (population seed 0,
+prevalence 0.5) are generated ``--repeats`` times after one warm-up call; one JSON document gives the
+median time per case, host-side per-case draws included.
 
-    python bench/bench_phantoms.py [--size 128] [--batch 8] [--repeats 3] [--device cuda|cpu] [--fov-mm 384]
-                             [--threads T]
+    python bench/bench_phantoms.py [--size 128] [--batch 8] [--repeats 3] [--device cuda|cpu]
+                                   [--generators chest_ct,brain_mri] [--threads T]
 """
 
 from __future__ import annotations
@@ -26,11 +26,42 @@ import time  # noqa: E402
 
 import torch  # noqa: E402
 
-from phantoms import chest_ct  # noqa: E402
-from phantoms.chest_ct import ChestCTSpec, generate_chest_ct  # noqa: E402
+from phantoms import PHANTOMS  # noqa: E402
 from phantoms.population import PopulationSpec  # noqa: E402
 
 SEED = 0
+
+
+def _time_generator(name: str, args: argparse.Namespace, device: torch.device) -> dict:
+    gen = PHANTOMS.get(name)
+    default = gen.spec()
+    extent = [n * s for n, s in zip(default.shape, default.spacing_mm, strict=True)]
+    spec = gen.spec(shape=(args.size,) * 3, spacing_mm=tuple(e / args.size for e in extent))
+    pop = PopulationSpec(prevalence=0.5)
+    indices = list(range(args.batch))
+    cuda = device.type == "cuda"
+    batch = gen.generate(spec, pop, SEED, indices, device)  # warm-up
+    times = []
+    for _ in range(args.repeats):
+        if cuda:
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        gen.generate(spec, pop, SEED, indices, device)
+        if cuda:
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    per_case = statistics.median(times) / args.batch
+    return {
+        "generator": name,
+        "size": args.size,
+        "spacing_mm": [round(s, 4) for s in spec.spacing_mm],
+        "batch": args.batch,
+        "repeats": args.repeats,
+        "positives": sum(batch.label),
+        "ms_per_case": per_case * 1000.0,
+        "min_ms_per_case": min(times) / args.batch * 1000.0,
+        "cases_per_second": 1.0 / per_case,
+    }
 
 
 def main() -> None:
@@ -40,54 +71,20 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed calls after one warm-up")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    parser.add_argument("--fov-mm", type=float, default=384.0, help="field of view per axis [mm]")
+    parser.add_argument("--generators", default=None, help="comma-separated names (default: all registered)")
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    cuda = device.type == "cuda"
-    step = args.fov_mm / args.size
-    spec = ChestCTSpec(shape=(args.size,) * 3, spacing_mm=(step,) * 3)
-    pop = PopulationSpec(prevalence=0.5)
-    indices = list(range(args.batch))
-
-    batch = generate_chest_ct(spec, pop, SEED, indices, device)  # warm-up
-    times = []
-    for _ in range(args.repeats):
-        if cuda:
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        generate_chest_ct(spec, pop, SEED, indices, device)
-        if cuda:
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-
-    start = time.perf_counter()
-    for _ in range(args.repeats):
-        for i in indices:
-            chest_ct._draw_case(spec, pop, SEED, i)
-    host_per_case = (time.perf_counter() - start) / (args.repeats * args.batch)
-
-    per_case = statistics.median(times) / args.batch
+    names = args.generators.split(",") if args.generators else PHANTOMS.names()
     report = {
         "benchmark": "phantoms",
-        "generator": "chest_ct",
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if cuda else None,
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "load_average_1m": os.getloadavg()[0],
-        "size": args.size,
-        "spacing_mm": step,
-        "fov_mm": args.fov_mm,
-        "batch": args.batch,
-        "repeats": args.repeats,
-        "positives": sum(batch.label),
-        "vessels_per_lung": spec.vessels_per_lung,
-        "ms_per_case": per_case * 1000.0,
-        "min_ms_per_case": min(times) / args.batch * 1000.0,
-        "cases_per_second": 1.0 / per_case,
-        "host_draw_ms_per_case": host_per_case * 1000.0,
+        "results": [_time_generator(name, args, device) for name in names],
     }
     print(json.dumps(report, indent=2))
 

@@ -33,6 +33,12 @@ class CaseBatch:
         label: reference-standard label per case (1 = lesion present).
         attributes: subgroup attributes per case (e.g. ``{"sex": "female", ...}``).
         lesions: per case, a tuple of lesion records (centre_mm, diameter_mm, volume_mm3, ...).
+        organs: ``(B, 1, D, H, W)`` uint8 organ/tissue label map (the structure whose surface contains
+            the voxel centre, last painted wins), or ``None`` where a generator has none.
+        organ_names: ``organ_names[k]`` is the name of label ``k``; label 0 is the background.
+        generator: name of the generator that made the batch (e.g. ``"chest_ct"``).
+        acquisition: modality-specific acquisition settings the images embody (for MR: field strength,
+            sequence type, TR/TE/TI in ms, flip angle in degrees), recorded in exports.
     """
 
     image: Tensor
@@ -43,6 +49,29 @@ class CaseBatch:
     label: tuple[int, ...]
     attributes: tuple[dict[str, str], ...]
     lesions: tuple[tuple[dict[str, Any], ...], ...] = field(default=())
+    organs: Tensor | None = None
+    organ_names: tuple[str, ...] = ()
+    generator: str = ""
+    acquisition: tuple[dict[str, Any], ...] = ()
+
+
+def merge_batches(batches: Sequence[CaseBatch]) -> CaseBatch:
+    """Concatenate batches of the same generator and grid along the case axis."""
+    first = batches[0]
+    return CaseBatch(
+        image=torch.cat([b.image for b in batches]),
+        mask=torch.cat([b.mask for b in batches]),
+        spacing_mm=first.spacing_mm,
+        modality=first.modality,
+        case_index=sum((b.case_index for b in batches), ()),
+        label=sum((b.label for b in batches), ()),
+        attributes=sum((b.attributes for b in batches), ()),
+        lesions=sum((b.lesions for b in batches), ()),
+        organs=None if first.organs is None else torch.cat([b.organs for b in batches]),
+        organ_names=first.organ_names,
+        generator=first.generator,
+        acquisition=sum((b.acquisition for b in batches), ()),
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,24 +1,21 @@
-"""A chest-CT-like phantom in HU with an optional solid nodule and its exact mask.
+"""Chest CT phantom in HU: anatomy, lung nodules of three types, exact masks and an organ label map.
 
-Anatomy is laid out in millimetres in the axial plane (x: patient left-right, y: anterior ->
-posterior) and extruded along z with ellipsoidal lungs and heart: body outline with subcutaneous
-fat whose thickness follows the BMI band, a muscle wall, mediastinal fat, two lungs with a
-branching set of vessels from each hilum, heart, descending aorta and a vertebral body with a
-cortical shell. Sex scales the body (female 0.92). Tissue values (HU) are textbook figures
-(Kalender, *Computed Tomography*, 2011, table 1.1; Hounsfield 1973).
+The anatomy (:mod:`phantoms.chest_anatomy`) is laid out per case in millimetres from the case's random
+stream and attributes: habitus (sex, BMI band), lungs, heart, great vessels, trachea and bronchi with an
+airway tree, pulmonary artery and vein trees, spine, ribs and sternum. Positive cases carry one nodule
+(:mod:`phantoms.nodules`): solid, part-solid or ground-glass, smooth, lobulated or spiculated, placed
+inside a lung away from its surface, the heart, airways and bones, and overlapping pulmonary vessels by
+at most ``nodule_vessel_overlap_mm``. Tissue values (HU) are in :data:`HU` with their sources in
+docs/phantoms.md; trabecular bone depends on the age band.
 
-Positive cases carry one solid nodule inside a lung, spherical or lobulated (a union of spheres),
-whose diameter is drawn uniformly from the case's lesion-size band. Structures are rendered with a
-one-voxel partial-volume ramp on their signed distance; the lesion mask is exact: a voxel is in
-the mask iff its centre lies inside the nodule surface.
-
-Everything random is drawn on the host per case from ``case_rng(seed, case_index)`` (a few dozen
-scalars); the voxels of a whole batch are then rendered on the device in one pass per structure.
+Rendering (:mod:`phantoms.render`) is batched on the device: outlines are 2-D, lungs and heart are
+ellipsoids on the grid, tubes and nodules are capsules evaluated in their bounding boxes. Every voxel
+gets the label of the last structure containing its centre (:data:`ORGANS`); the lesion mask is exact
+(voxel centre inside the nodule's surface).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,25 +23,49 @@ from typing import Any
 import numpy as np
 import torch
 from pydantic import Field, field_validator
-from torch import Tensor
 
 from phantoms.base import PHANTOMS, Attribute, CaseBatch, PhantomGenerator, PhantomSpec
+from phantoms.chest_anatomy import FAT_MM, SEX_SCALE, ChestLayout, draw_layout
+from phantoms.nodules import LESION_TYPES, MARGINS, extent_mm, make_nodule, translate
 from phantoms.population import PopulationSpec, case_rng, draw_level
+from phantoms.render import Canvas, capsule_sd_points
 
 STREAM_CASE = 1  # stream id of the per-case phantom draws (see phantoms.population.case_rng)
 
+ORGANS = (
+    "background",
+    "subcutaneous_fat",
+    "muscle",
+    "mediastinal_fat",
+    "lung",
+    "heart",
+    "great_vessel",
+    "pulmonary_vessel",
+    "airway_wall",
+    "airway_lumen",
+    "cortical_bone",
+    "trabecular_bone",
+    "intervertebral_disc",
+    "nodule",
+    "nodule_solid_core",
+)
+LABEL = {name: k for k, name in enumerate(ORGANS)}
 HU = {
-    "air": -1000.0,
-    "lung": -850.0,
-    "fat": -100.0,
-    "mediastinum": -80.0,
+    "background": -1000.0,
+    "subcutaneous_fat": -100.0,
     "muscle": 50.0,
-    "blood": 40.0,
-    "trabecular_bone": 250.0,
+    "mediastinal_fat": -100.0,
+    "lung": -850.0,
+    "heart": 40.0,
+    "great_vessel": 40.0,
+    "pulmonary_vessel": 40.0,
+    "airway_wall": 40.0,
+    "airway_lumen": -1000.0,
     "cortical_bone": 1000.0,
+    "intervertebral_disc": 90.0,
 }
-FAT_MM = {"normal": (8.0, 14.0), "overweight": (16.0, 24.0), "obese": (28.0, 40.0)}
-SEX_SCALE = {"female": 0.92, "male": 1.0}
+TRABECULAR_HU = {"18-39": 230.0, "40-64": 180.0, "65+": 130.0}
+AGE_BANDS = tuple(TRABECULAR_HU)
 
 
 class ChestCTSpec(PhantomSpec):
@@ -53,23 +74,25 @@ class ChestCTSpec(PhantomSpec):
     Attributes:
         shape: volume size in voxels ``(D, H, W)``.
         spacing_mm: voxel size ``(D, H, W)`` in mm.
-        nodule_hu: attenuation of the solid nodule, HU.
-        lesion_size_bands_mm: diameter range ``[low, high)`` in mm for each lesion-size band.
-        lobulated_fraction: probability that a nodule is lobulated rather than spherical.
-        vessels_per_lung: number of vessel segments drawn in each lung.
-        vessel_radius_mm: range ``[low, high]`` of vessel radii in mm (uniform).
+        solid_hu: attenuation of solid nodules and of part-solid cores, HU.
+        ground_glass_hu: attenuation of ground-glass nodules and components, HU.
+        lesion_size_bands_mm: sphere-equivalent diameter range ``[low, high)`` in mm per size band.
+        vessel_generations: generations of each pulmonary artery tree (veins one fewer).
+        min_vessel_radius_mm: thinnest vessel drawn; never below half the in-plane voxel size.
+        nodule_vessel_overlap_mm: how far a vessel may reach into a nodule, mm.
     """
 
     shape: tuple[int, int, int] = Field((40, 80, 80), description="D, H, W [voxels]")
     spacing_mm: tuple[float, float, float] = Field((4.0, 4.0, 4.0), description="D, H, W voxel size [mm]")
-    nodule_hu: float = Field(30.0, ge=-1000.0, le=3000.0, description="nodule attenuation [HU]")
+    solid_hu: float = Field(30.0, ge=-300.0, le=300.0, description="solid nodule attenuation [HU]")
+    ground_glass_hu: float = Field(-650.0, ge=-850.0, le=-300.0, description="ground-glass attenuation [HU]")
     lesion_size_bands_mm: dict[str, tuple[float, float]] = Field(
         default_factory=lambda: {"small": (8.0, 12.0), "large": (12.0, 20.0)},
-        description="diameter range per size band [mm]",
+        description="sphere-equivalent diameter range per size band [mm]",
     )
-    lobulated_fraction: float = Field(0.5, ge=0.0, le=1.0, description="probability of a lobulated nodule")
-    vessels_per_lung: int = Field(6, ge=0, le=64, description="vessel segments per lung [count]")
-    vessel_radius_mm: tuple[float, float] = Field((0.75, 2.0), description="vessel radius range [mm]")
+    vessel_generations: int = Field(7, ge=1, le=10, description="generations per artery tree [count]")
+    min_vessel_radius_mm: float = Field(0.75, ge=0.1, le=5.0, description="thinnest vessel [mm]")
+    nodule_vessel_overlap_mm: float = Field(1.0, ge=0.0, le=10.0, description="vessel reach into nodule [mm]")
 
     @field_validator("shape")
     @classmethod
@@ -89,24 +112,15 @@ class ChestCTSpec(PhantomSpec):
             )
         return v
 
-    @field_validator("vessel_radius_mm")
-    @classmethod
-    def _vessels(cls, v: tuple[float, float]) -> tuple[float, float]:
-        if not 0.1 <= v[0] <= v[1] <= 20.0:
-            raise ValueError(
-                f"vessel_radius_mm is invalid (expected 0.1 <= low <= high <= 20 mm, got {list(v)})"
-            )
-        return v
-
     @field_validator("lesion_size_bands_mm")
     @classmethod
     def _bands(cls, v: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
         if not v:
             raise ValueError("at least one lesion size band is needed (expected e.g. small: [6, 10])")
         for band, (lo, hi) in v.items():
-            if not 0.5 <= lo < hi <= 60.0:
+            if not 2.0 <= lo < hi <= 40.0:
                 raise ValueError(
-                    f"band '{band}' is invalid (expected 0.5 <= low < high <= 60 mm, got [{lo}, {hi}])"
+                    f"band '{band}' is invalid (expected 2 <= low < high <= 40 mm, got [{lo}, {hi}])"
                 )
         return v
 
@@ -115,170 +129,164 @@ def chest_ct_attributes(spec: ChestCTSpec) -> tuple[Attribute, ...]:
     """Subgroup attributes of ``chest_ct`` (lesion-size levels come from the spec's bands)."""
     return (
         Attribute(name="sex", levels=tuple(SEX_SCALE), effect="body size x0.92 for female"),
+        Attribute(name="age_band", levels=AGE_BANDS, effect="trabecular bone 230/180/130 HU"),
         Attribute(name="bmi_band", levels=tuple(FAT_MM), effect="subcutaneous fat thickness (mm)"),
+        Attribute(name="lesion_type", levels=LESION_TYPES, lesion_level=True, effect="nodule attenuation"),
+        Attribute(name="margin", levels=MARGINS, lesion_level=True, effect="nodule shape"),
         Attribute(
             name="lesion_size",
             levels=tuple(spec.lesion_size_bands_mm),
             lesion_level=True,
-            effect="nodule diameter band (mm)",
+            effect="sphere-equivalent nodule diameter band (mm)",
         ),
     )
 
 
-@dataclass(frozen=True, slots=True)
-class _Draw:
-    """Host-side per-case scalars (all lengths in mm)."""
-
-    label: int
-    attributes: dict[str, str]
-    body: tuple[float, float, float]  # half-axes x, y of the outline; fat thickness
-    lung_z: float  # z centre of both lungs
-    vessels: np.ndarray  # (2 * vessels_per_lung, 7): p0 xyz, p1 xyz, radius
-    spheres: np.ndarray  # (n, 4): centre zyx, radius (nodule = union); may be empty
-    lesion: dict[str, Any] | None
-
-
-def _anatomy(body_a: float, body_b: float, fat: float) -> dict[str, Any]:
-    """Derived geometry (mm) of cavity, lungs, heart, aorta and spine from the outline."""
-    ai, bi = body_a - fat - 15.0, body_b - fat - 15.0
-    lung_a, lung_b = 0.42 * ai, 0.8 * bi
+def tissue_hu(spec: ChestCTSpec, attributes: dict[str, str]) -> dict[str, float]:
+    """Specified HU of every label for a case with these attributes."""
     return {
-        "cavity": (ai, bi),
-        "lungs": [((-0.5 * ai, -0.05 * bi), (lung_a, lung_b)), ((0.5 * ai, -0.05 * bi), (lung_a, lung_b))],
-        "lung_hz": 150.0,
-        "heart": ((0.1 * ai, -0.35 * bi), (0.3 * ai, 0.4 * bi), 90.0),
-        "aorta": ((0.18 * ai, 0.55 * bi), 12.0),
-        "spine": ((0.0, 0.88 * bi), 18.0),
+        **HU,
+        "trabecular_bone": TRABECULAR_HU[attributes["age_band"]],
+        "nodule_solid_core": spec.solid_hu,
+        "nodule_solid": spec.solid_hu,
+        "nodule_ground_glass": spec.ground_glass_hu,
     }
 
 
-def _draw_case(spec: ChestCTSpec, pop: PopulationSpec, seed: int, index: int) -> _Draw:
-    rng = case_rng(seed, STREAM_CASE, index)
-    attrs_known = chest_ct_attributes(spec)
+@dataclass(frozen=True, slots=True)
+class _Draw:
+    """Host-side description of one case (all lengths in mm)."""
+
+    label: int
+    attributes: dict[str, str]
+    layout: ChestLayout
+    hu: dict[str, float]
+    nodule: np.ndarray  # (S, 8) capsules of the whole nodule, may be empty
+    core: np.ndarray  # (S', 8) solid core of a part-solid nodule, may be empty
+    lesion: dict[str, Any] | None
+
+
+def draw_attributes(spec: ChestCTSpec, pop: PopulationSpec, rng: np.random.Generator) -> tuple[int, dict]:
+    """Label and subgroup attributes of one case (the first draws of its stream)."""
     label = int(rng.random() < pop.prevalence)
     attributes: dict[str, str] = {}
-    for att in attrs_known:
+    for att in chest_ct_attributes(spec):
         if att.lesion_level and not label:
             attributes[att.name] = "none"
             continue
         attributes[att.name] = draw_level(rng, pop.attributes.get(att.name, att.levels))
-    scale = SEX_SCALE[attributes["sex"]] * rng.uniform(0.96, 1.04)
-    fat = rng.uniform(*FAT_MM[attributes["bmi_band"]])
-    body_a, body_b = 140.0 * scale + fat, 95.0 * scale + fat
-    geo = _anatomy(body_a, body_b, fat)
-    lung_z = rng.uniform(-15.0, 15.0)
-    vessels = []
-    for (cx, cy), (la, lb) in geo["lungs"]:
-        hilum = np.array([cx - math.copysign(0.75 * la, cx), cy, lung_z])
-        for _ in range(spec.vessels_per_lung):
-            end = _point_in_ellipsoid(rng, (cx, cy, lung_z), (la, lb, geo["lung_hz"]), 0.5, 0.92)
-            vessels.append([*hilum, *end, rng.uniform(*spec.vessel_radius_mm)])
-    vessels_arr = np.array(vessels, dtype=np.float64).reshape(-1, 7)
-    spheres = np.zeros((0, 4))
-    lesion = None
+    return label, attributes
+
+
+def _draw_case(spec: ChestCTSpec, pop: PopulationSpec, seed: int, index: int) -> _Draw:
+    rng = case_rng(seed, STREAM_CASE, index)
+    label, attributes = draw_attributes(spec, pop, rng)
+    min_r = max(spec.min_vessel_radius_mm, 0.5 * min(spec.spacing_mm[1:]))
+    layout = draw_layout(rng, attributes["sex"], attributes["bmi_band"], min_r, spec.vessel_generations)
+    hu = tissue_hu(spec, attributes)
+    nodule, core, lesion = np.zeros((0, 8)), np.zeros((0, 8)), None
     if label:
-        spheres, lesion = _draw_nodule(spec, rng, geo, lung_z, attributes["lesion_size"])
-    return _Draw(label, attributes, (body_a, body_b, fat), lung_z, vessels_arr, spheres, lesion)
-
-
-def _point_in_ellipsoid(rng: np.random.Generator, centre, half_axes, rmin: float, rmax: float) -> list[float]:
-    """Uniform direction, normalised radius in [rmin, rmax]: a point inside an ellipsoid (x, y, z)."""
-    d = rng.normal(size=3)
-    d /= np.linalg.norm(d)
-    r = rng.uniform(rmin, rmax)
-    return [c + r * di * a for c, di, a in zip(centre, d, half_axes, strict=True)]
-
-
-def _draw_nodule(
-    spec: ChestCTSpec, rng: np.random.Generator, geo: dict[str, Any], lung_z: float, band: str
-) -> tuple[np.ndarray, dict[str, Any]]:
-    lo, hi = spec.lesion_size_bands_mm[band]
-    diameter = rng.uniform(lo, hi)
-    r = diameter / 2
-    side = int(rng.integers(2))
-    (cx, cy), (la, lb) = geo["lungs"][side]
-    fov_half = [n * s / 2 for n, s in zip(spec.shape, spec.spacing_mm, strict=True)]  # z, y, x
-    for _ in range(1000):
-        x, y, z = _point_in_ellipsoid(rng, (cx, cy, lung_z), (la, lb, geo["lung_hz"]), 0.0, 0.8)
-        rho = math.sqrt(((x - cx) / la) ** 2 + ((y - cy) / lb) ** 2 + ((z - lung_z) / geo["lung_hz"]) ** 2)
-        inside_lung = (1.0 - rho) * min(la, lb) > 1.6 * r + 4.0
-        inside_fov = all(
-            abs(c) < half - 1.6 * r - step
-            for c, half, step in zip((z, y, x), fov_half, spec.spacing_mm, strict=True)
+        lo, hi = spec.lesion_size_bands_mm[attributes["lesion_size"]]
+        caps, core, lesion = make_nodule(
+            rng, attributes["lesion_type"], attributes["margin"], rng.uniform(lo, hi), hu
         )
-        if inside_lung and inside_fov:
-            break
-    else:
-        raise ValueError(
-            f"no room for a {diameter:.1f} mm nodule inside the lung within the "
-            f"{' x '.join(f'{2 * h:.0f}' for h in fov_half)} mm field of view "
-            "(expected a field of view that covers the lungs: about 160 x 350 x 350 mm for an adult chest)"
-        )
-    spheres = [[z, y, x, r]]
-    lobulated = bool(rng.random() < spec.lobulated_fraction)
-    if lobulated:
-        for _ in range(int(rng.integers(2, 4))):
-            d = rng.normal(size=3)
-            d /= np.linalg.norm(d)
-            spheres.append(
-                [z + 0.6 * r * d[0], y + 0.6 * r * d[1], x + 0.6 * r * d[2], r * rng.uniform(0.45, 0.65)]
-            )
-    lesion = {
-        "type": "solid",
-        "shape": "lobulated" if lobulated else "spherical",
-        "side": "RL"[side],
-        "diameter_mm": diameter,
-        "hu": spec.nodule_hu,
-    }
-    return np.array(spheres, dtype=np.float64), lesion
+        centre, side = _place(spec, rng, layout, caps)
+        nodule, core = translate(caps, centre), translate(core, centre)
+        lesion = {**lesion, "side": "RL"[side], "centre_mm": [float(c) for c in centre]}
+    return _Draw(label, attributes, layout, hu, nodule, core, lesion)
 
 
-def _grid(spec: ChestCTSpec, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
-    """Voxel-centre coordinates in mm, centred on the volume: z (D,1,1), y (1,H,1), x (1,1,W)."""
-    axes = []
-    for n, s in zip(spec.shape, spec.spacing_mm, strict=True):
-        axes.append((torch.arange(n, device=device, dtype=torch.float32) - (n - 1) / 2) * s)
-    z, y, x = axes
-    return z.view(1, -1, 1, 1), y.view(1, 1, -1, 1), x.view(1, 1, 1, -1)
+def _place(
+    spec: ChestCTSpec, rng: np.random.Generator, layout: ChestLayout, caps: np.ndarray
+) -> tuple[np.ndarray, int]:
+    """A nodule centre inside a lung, clear of the lung surface, heart, airways and bones."""
+    reach = extent_mm(caps)
+    radius = float(caps[0, 6])
+    body = radius + 0.3 * (reach - radius)  # spicules may reach towards the pleura (pleural tags)
+    fov_half = (np.array(spec.shape) - 1) / 2 * np.array(spec.spacing_mm)
+    tubes = layout.tubes
+    solid = np.concatenate([tubes["great_vessel"], tubes["airway_wall"], tubes["cortical_bone"]])
+    spine_y, spine_x, spine_r, _ = layout.spine
+    for _ in range(2000):
+        side = int(rng.integers(2))
+        lung = layout.lungs[side]
+        d = rng.normal(size=3)
+        centre = lung.centre + rng.uniform(0.0, 0.85) * lung.half_axes * d / np.linalg.norm(d)
+        rho = float(lung.rho(centre))
+        if (1.0 - rho) * lung.half_axes.min() < body + 3.0:
+            continue
+        if np.any(np.abs(centre) > fov_half - reach - np.array(spec.spacing_mm)):
+            continue
+        if layout.heart.rho(centre) < 1.0 + (body + 3.0) / layout.heart.half_axes.min():
+            continue
+        if np.hypot(centre[1] - spine_y, centre[2] - spine_x) < spine_r + body + 3.0:
+            continue
+        point = centre[None]
+        if len(solid) and capsule_sd_points(point, solid)[0] < body + 2.0:
+            continue
+        vessels = tubes["pulmonary_vessel"]
+        if len(vessels) and capsule_sd_points(point, vessels)[0] < radius - spec.nodule_vessel_overlap_mm:
+            continue
+        return centre, side
+    fov = " x ".join(f"{2 * h:.0f}" for h in fov_half)
+    raise ValueError(
+        f"no room for a {2 * reach:.1f} mm nodule inside the lungs within the {fov} mm field of view "
+        "(expected a field of view that covers the lungs: about 160 x 350 x 350 mm for an adult chest)"
+    )
 
 
-def _col(values: Sequence[float], device: torch.device) -> Tensor:
-    return torch.tensor(list(values), dtype=torch.float32, device=device).view(-1, 1, 1, 1)
+def _extruded(half_xy: Sequence[tuple[float, float]], centre_yx=None) -> tuple[np.ndarray, np.ndarray]:
+    """Centres and half axes of z-extruded ellipses with half axes ``(x, y)``."""
+    centre = (
+        np.zeros((len(half_xy), 3)) if centre_yx is None else np.array([[0.0, y, x] for y, x in centre_yx])
+    )
+    return centre, np.array([[np.inf, hy, hx] for hx, hy in half_xy])
 
 
-def _ellipse_sd(x: Tensor, y: Tensor, cx: Tensor, cy: Tensor, a: Tensor, b: Tensor) -> Tensor:
-    """Approximate signed distance (mm) to an axial ellipse, negative inside."""
-    rho = torch.sqrt(((x - cx) / a) ** 2 + ((y - cy) / b) ** 2)
-    return (rho - 1.0) * torch.minimum(a, b)
+def _paint_anatomy(cv: Canvas, draws: Sequence[_Draw]) -> None:
+    lay = [d.layout for d in draws]
+    cv.paint_ellipsoids(*_extruded([x.body for x in lay]), HU["subcutaneous_fat"], LABEL["subcutaneous_fat"])
+    inner = [(x.body[0] - x.fat_mm, x.body[1] - x.fat_mm) for x in lay]
+    cv.paint_ellipsoids(*_extruded(inner), HU["muscle"], LABEL["muscle"])
+    cv.paint_ellipsoids(*_extruded([x.cavity for x in lay]), HU["mediastinal_fat"], LABEL["mediastinal_fat"])
+    for organ, shapes in (
+        ("lung", [x.lungs[0] for x in lay]),
+        ("lung", [x.lungs[1] for x in lay]),
+        ("heart", [x.heart for x in lay]),
+    ):
+        centre, half = np.stack([e.centre for e in shapes]), np.stack([e.half_axes for e in shapes])
+        cv.paint_ellipsoids(centre, half, HU[organ], LABEL[organ])
+    cv.paint(cv.union_sd([x.tubes["great_vessel"] for x in lay]), HU["great_vessel"], LABEL["great_vessel"])
+    vessels = cv.union_sd([x.tubes["pulmonary_vessel"] for x in lay])
+    cv.paint(vessels, HU["pulmonary_vessel"], LABEL["pulmonary_vessel"], within=LABEL["lung"])
+    for name in ("airway_wall", "airway_lumen"):
+        cv.paint(cv.union_sd([x.tubes[name] for x in lay]), HU[name], LABEL[name])
+    _paint_spine(cv, draws)
+    trabecular = cv.column([d.hu["trabecular_bone"] for d in draws])
+    cv.paint(
+        cv.union_sd([x.tubes["cortical_bone"] for x in lay]), HU["cortical_bone"], LABEL["cortical_bone"]
+    )
+    cv.paint(cv.union_sd([x.tubes["trabecular_bone"] for x in lay]), trabecular, LABEL["trabecular_bone"])
 
 
-def _ellipsoid_sd(x, y, z, cx, cy, cz, a, b, c) -> Tensor:
-    rho = torch.sqrt(((x - cx) / a) ** 2 + ((y - cy) / b) ** 2 + ((z - cz) / c) ** 2)
-    return (rho - 1.0) * torch.minimum(torch.minimum(a, b), c)
+def _paint_spine(cv: Canvas, draws: Sequence[_Draw]) -> None:
+    """Vertebral body column: cortical shell, trabecular core, intervertebral discs 5 mm thick."""
+    lay = [d.layout for d in draws]
+    centre, half = _extruded([(x.spine[2], x.spine[2]) for x in lay], [(x.spine[0], x.spine[1]) for x in lay])
+    column = cv.paint_ellipsoids(centre, half, HU["cortical_bone"], LABEL["cortical_bone"])
+    window = cv.window(*_box(centre, half + cv.ramp_mm))
+    trabecular = cv.column([d.hu["trabecular_bone"] for d in draws])
+    cv.paint(column + 2.5, trabecular, LABEL["trabecular_bone"], window=window)
+    period = cv.column([x.disc_period_mm for x in lay])
+    phase = torch.remainder(cv.coords(window)[0] - cv.column([x.spine[3] for x in lay]), period)
+    disc = torch.minimum(phase, period - phase) - 2.5
+    cv.paint(
+        torch.maximum(column, disc), HU["intervertebral_disc"], LABEL["intervertebral_disc"], window=window
+    )
 
 
-def _segment_sd(x, y, z, seg: Tensor) -> Tensor:
-    """Signed distance (mm) to capsules; ``seg`` is (B, 7): p0 xyz, p1 xyz, radius.
-
-    Uses ``|r - t d|^2 = |r|^2 - 2 t (r.d) + t^2 |d|^2`` so that only the dot product and the final
-    combination are full-volume operations (the per-axis terms broadcast from 1-D).
-    """
-    col = [seg[:, i].view(-1, 1, 1, 1) for i in range(7)]
-    rel = [x - col[0], y - col[1], z - col[2]]
-    d = [col[3] - col[0], col[4] - col[1], col[5] - col[2]]
-    length2 = torch.clamp(d[0] ** 2 + d[1] ** 2 + d[2] ** 2, min=1e-6)
-    dot = rel[0] * d[0] + rel[1] * d[1] + rel[2] * d[2]
-    t = torch.clamp(dot / length2, 0.0, 1.0)
-    dist2 = (rel[0] ** 2 + rel[1] ** 2 + rel[2] ** 2) - t * (2.0 * dot - t * length2)
-    return torch.sqrt(torch.clamp(dist2, min=0.0)) - col[6]
-
-
-def _paint(img: Tensor, sd: Tensor, hu: float, ramp_mm: float, within: Tensor | None = None) -> Tensor:
-    """Blend ``hu`` into ``img`` where ``sd < 0``, with a linear partial-volume ramp of one voxel."""
-    frac = torch.clamp(0.5 - sd / ramp_mm, 0.0, 1.0)
-    if within is not None:
-        frac = frac * within
-    return img + frac * (hu - img)
+def _box(centre: np.ndarray, reach: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return (centre - reach).min(0), (centre + reach).max(0)
 
 
 def generate_chest_ct(
@@ -287,79 +295,33 @@ def generate_chest_ct(
     """Render cases ``indices`` of the population as a batch on ``device``.
 
     Returns:
-        A :class:`CaseBatch` with ``image`` in HU, shape ``(B, 1, D, H, W)``.
+        A :class:`CaseBatch` with ``image`` in HU, shape ``(B, 1, D, H, W)``, the nodule mask, the organ
+        label map (:data:`ORGANS`) and one lesion record per positive case.
     """
     draws = [_draw_case(spec, population, seed, i) for i in indices]
-    z, y, x = _grid(spec, device)
-    ramp = float(np.mean(spec.spacing_mm))
-    b = len(draws)
-    a_body = _col([d.body[0] for d in draws], device)
-    b_body = _col([d.body[1] for d in draws], device)
-    fat = _col([d.body[2] for d in draws], device)
-    img = torch.full((b, *spec.shape), HU["air"], dtype=torch.float32, device=device)
-    zero = torch.zeros_like(a_body)
-    img = _paint(img, _ellipse_sd(x, y, zero, zero, a_body, b_body), HU["fat"], ramp)
-    img = _paint(img, _ellipse_sd(x, y, zero, zero, a_body - fat, b_body - fat), HU["muscle"], ramp)
-    geos = [_anatomy(*d.body) for d in draws]
-    ai, bi = _col([g["cavity"][0] for g in geos], device), _col([g["cavity"][1] for g in geos], device)
-    img = _paint(img, _ellipse_sd(x, y, zero, zero, ai, bi), HU["mediastinum"], ramp)
-    lung_z = _col([d.lung_z for d in draws], device)
-    lung_in = torch.zeros_like(img)
-    for side in range(2):
-        cx = _col([g["lungs"][side][0][0] for g in geos], device)
-        cy = _col([g["lungs"][side][0][1] for g in geos], device)
-        la = _col([g["lungs"][side][1][0] for g in geos], device)
-        lb = _col([g["lungs"][side][1][1] for g in geos], device)
-        sd = _ellipsoid_sd(x, y, z, cx, cy, lung_z, la, lb, torch.full_like(la, geos[0]["lung_hz"]))
-        lung_in = torch.maximum(lung_in, torch.clamp(0.5 - sd / ramp, 0.0, 1.0))
-        img = _paint(img, sd, HU["lung"], ramp)
-    hx, hy = _col([g["heart"][0][0] for g in geos], device), _col([g["heart"][0][1] for g in geos], device)
-    ha, hb = _col([g["heart"][1][0] for g in geos], device), _col([g["heart"][1][1] for g in geos], device)
-    img = _paint(
-        img,
-        _ellipsoid_sd(x, y, z, hx, hy, lung_z - 30.0, ha, hb, torch.full_like(ha, 90.0)),
-        HU["blood"],
-        ramp,
-    )
-    for key, hu in (("aorta", HU["blood"]), ("spine", HU["cortical_bone"])):
-        px, py = _col([g[key][0][0] for g in geos], device), _col([g[key][0][1] for g in geos], device)
-        r = _col([g[key][1] for g in geos], device)
-        img = _paint(img, _ellipse_sd(x, y, px, py, r, r), hu, ramp)
-        if key == "spine":
-            img = _paint(img, _ellipse_sd(x, y, px, py, r - 2.5, r - 2.5), HU["trabecular_bone"], ramp)
-    n_vessels = draws[0].vessels.shape[0]
-    if n_vessels:
-        vessels = torch.tensor(np.stack([d.vessels for d in draws]), dtype=torch.float32, device=device)
-        vessel_sd = _segment_sd(x, y, z, vessels[:, 0])
-        for k in range(1, n_vessels):
-            vessel_sd = torch.minimum(vessel_sd, _segment_sd(x, y, z, vessels[:, k]))
-        img = _paint(img, vessel_sd, HU["blood"], ramp, within=lung_in)
-    mask = torch.zeros(img.shape, dtype=torch.bool, device=device)
-    n_spheres = max(d.spheres.shape[0] for d in draws)
-    if n_spheres:
-        # Pad every case to n_spheres with far-away empty spheres, then take the union (min distance).
-        pad = np.array([[1e6, 1e6, 1e6, 0.0]])
-        sph = np.stack(
-            [np.concatenate([d.spheres, np.repeat(pad, n_spheres - len(d.spheres), 0)]) for d in draws]
-        )
-        sph_t = torch.tensor(sph, dtype=torch.float32, device=device)
-        sd = torch.full_like(img, float("inf"))
-        for k in range(n_spheres):
-            c = [sph_t[:, k, i].view(-1, 1, 1, 1) for i in range(4)]
-            sd = torch.minimum(sd, torch.sqrt((z - c[0]) ** 2 + (y - c[1]) ** 2 + (x - c[2]) ** 2) - c[3])
-        img = _paint(img, sd, spec.nodule_hu, ramp)
-        mask = sd <= 0.0
+    cv = Canvas(len(draws), spec.shape, spec.spacing_mm, device, HU["background"])
+    _paint_anatomy(cv, draws)
+    nodule = cv.union_sd([d.nodule for d in draws])
+    value = cv.column([d.lesion["hu"] if d.lesion else 0.0 for d in draws])
+    cv.paint(nodule, value, LABEL["nodule"])
+    cv.paint(cv.union_sd([d.core for d in draws]), spec.solid_hu, LABEL["nodule_solid_core"])
+    inside = nodule.index[nodule.sd <= 0.0]
+    mask = torch.zeros_like(cv.labels, dtype=torch.bool)
+    mask.view(-1)[inside] = True
     voxel_mm3 = float(np.prod(spec.spacing_mm))
-    volumes = (mask.flatten(1).sum(dim=1).to(torch.float64) * voxel_mm3).tolist()
+    case = inside // cv.voxels
+    counts = torch.bincount(case, minlength=cv.batch)
+    values = cv.image.view(-1)[inside].to(torch.float64)
+    sums = torch.zeros(cv.batch, dtype=torch.float64, device=cv.device).index_add_(0, case, values)
     lesions = []
-    for d, vol in zip(draws, volumes, strict=True):
+    for d, n, total in zip(draws, counts.tolist(), sums.tolist(), strict=True):
         if d.lesion is None:
             lesions.append(())
             continue
-        centre = [float(v) for v in d.spheres[0, :3]]
-        lesions.append(({**d.lesion, "centre_mm": centre, "volume_mm3": vol},))
+        mean_hu = total / n if n else float("nan")
+        lesions.append(({**d.lesion, "volume_mm3": n * voxel_mm3, "mean_hu": mean_hu},))
     return CaseBatch(
-        image=img.unsqueeze(1),
+        image=cv.image.unsqueeze(1),
         mask=mask.unsqueeze(1),
         spacing_mm=tuple(spec.spacing_mm),
         modality="CT",
@@ -367,6 +329,9 @@ def generate_chest_ct(
         label=tuple(d.label for d in draws),
         attributes=tuple(d.attributes for d in draws),
         lesions=tuple(lesions),
+        organs=cv.labels.unsqueeze(1),
+        organ_names=ORGANS,
+        generator="chest_ct",
     )
 
 
@@ -374,7 +339,7 @@ PHANTOMS.register(
     "chest_ct",
     PhantomGenerator(
         name="chest_ct",
-        description="Chest-CT-like volume in HU; positive cases carry a solid spherical/lobulated nodule",
+        description="Chest CT in HU (ribs, airways, vessel trees); solid, part-solid or ground-glass nodule",
         modality="CT",
         spec=ChestCTSpec,
         attributes=chest_ct_attributes,

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from phantoms import PHANTOMS, CaseBatch
+from phantoms.base import merge_batches
 from stress.errors import StressError
 from stress.scenario.loader import LoadedScenario, phantom_spec
 
@@ -49,14 +50,5 @@ def preview_cases(loaded: LoadedScenario, out: Path, n_show: int, pool: int) -> 
     from phantoms.preview import pick_cases, save_montage
 
     batches = list(case_batches(loaded, pool, torch.device("cpu")))
-    merged = CaseBatch(
-        image=torch.cat([b.image for b in batches]),
-        mask=torch.cat([b.mask for b in batches]),
-        spacing_mm=batches[0].spacing_mm,
-        modality=batches[0].modality,
-        case_index=sum((b.case_index for b in batches), ()),
-        label=sum((b.label for b in batches), ()),
-        attributes=sum((b.attributes for b in batches), ()),
-        lesions=sum((b.lesions for b in batches), ()),
-    )
+    merged = merge_batches(batches)
     return save_montage(merged, pick_cases(merged, n_show), out)

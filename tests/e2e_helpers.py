@@ -16,7 +16,7 @@ seed: 77
 phantom:
   generator: chest_ct
   n_cases: {n_cases}
-  params: {{shape: [16, 32, 32], spacing_mm: [10.0, 10.0, 10.0], vessels_per_lung: 2}}
+  params: {{shape: [16, 32, 32], spacing_mm: [10.0, 10.0, 10.0], vessel_generations: 2}}
 population:
   prevalence: 0.5
 baseline:

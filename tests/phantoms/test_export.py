@@ -13,7 +13,7 @@ from phantoms.population import PopulationSpec
 sitk = pytest.importorskip("SimpleITK")
 pytest.importorskip("pydicom")
 
-SPEC = ChestCTSpec(shape=(12, 40, 48), spacing_mm=(10.0, 8.0, 7.0), vessels_per_lung=2)
+SPEC = ChestCTSpec(shape=(12, 40, 48), spacing_mm=(10.0, 8.0, 7.0), vessel_generations=2)
 
 
 @pytest.fixture(scope="module")

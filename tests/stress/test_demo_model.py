@@ -4,7 +4,7 @@ from phantoms.chest_ct import ChestCTSpec
 from stress.models.demo import WEIGHTS_DIR, NoduleNet, candidate, reference
 from stress.models.demo.train import make_cases, train
 
-SMALL = ChestCTSpec(shape=(16, 32, 32), spacing_mm=(10.0, 10.0, 10.0), vessels_per_lung=2)
+SMALL = ChestCTSpec(shape=(16, 32, 32), spacing_mm=(10.0, 10.0, 10.0), vessel_generations=2)
 
 
 def test_shipped_weights_are_small_and_load():
