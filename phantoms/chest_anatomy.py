@@ -194,29 +194,39 @@ def _airways_and_trees(rng, tubes, lungs, z_arch, spine_y, cb, s, min_r, generat
 
 
 def _bones(rng, tubes, z_top, spine_y, disc_z0, ca, cb, s) -> None:
-    for side in (-1.0, 1.0):
-        for k in range(12):
-            z0 = z_top - 20.0 * s - k * 24.0 * s + rng.uniform(-2.0, 2.0)
-            theta = np.linspace(0.22, 2.55, 10)
-            a, b = ca + 0.5 * RIB_LAYER_MM, cb + 0.5 * RIB_LAYER_MM
-            drop = (55.0 + 2.0 * k) * s * (theta - theta[0]) / (theta[-1] - theta[0])
-            points = [
-                (z0 - d, b * math.cos(t), side * a * math.sin(t)) for t, d in zip(theta, drop, strict=True)
-            ]
-            tubes["cortical_bone"].append(_tube(points, 5.0 * s))
-            tubes["trabecular_bone"].append(_tube(points, 3.2 * s))
-    sternum = [
-        (z_top - 30.0 * s, -cb - 0.5 * RIB_LAYER_MM, 0.0),
-        (z_top - 200.0 * s, -cb - 0.5 * RIB_LAYER_MM, 0.0),
-    ]
-    tubes["cortical_bone"].append(_tube(sternum, 7.0 * s))
-    tubes["trabecular_bone"].append(_tube(sternum, 4.8 * s))
-    for dz in disc_z0 + 12.5 * s + 25.0 * s * np.arange(-16, 16):
-        arch = spine_y + 20.0 * s
-        for side in (-1.0, 1.0):
-            tubes["cortical_bone"].append(
-                _tube([(dz, arch, side * 10.0 * s), (dz, arch + 18.0 * s, 0.0)], 4.0 * s)
-            )
-        tubes["cortical_bone"].append(
-            _tube([(dz, arch + 18.0 * s, 0.0), (dz - 10.0 * s, arch + 32.0 * s, 0.0)], 4.5 * s)
-        )
+    """Ribs (12 pairs along the chest wall, sloping down anteriorly), sternum, lamina, spinous processes."""
+    theta = np.linspace(0.22, 2.55, 10)
+    k = np.arange(12)
+    z0 = z_top - 20.0 * s - k * 24.0 * s + rng.uniform(-2.0, 2.0, size=(2, 12))  # (side, rib)
+    drop = (55.0 + 2.0 * k)[:, None] * s * (theta - theta[0]) / (theta[-1] - theta[0])  # (rib, point)
+    a, b = ca + 0.5 * RIB_LAYER_MM, cb + 0.5 * RIB_LAYER_MM
+    side = np.array([-1.0, 1.0])[:, None, None]
+    points = np.stack(
+        np.broadcast_arrays(z0[..., None] - drop, b * np.cos(theta), side * a * np.sin(theta)), axis=-1
+    )  # (2, 12, 10, 3)
+    ribs = np.concatenate([points[..., :-1, :], points[..., 1:, :]], axis=-1).reshape(-1, 6)
+    tubes["cortical_bone"].append(_with_radius(ribs, 5.0 * s))
+    tubes["trabecular_bone"].append(_with_radius(ribs, 3.2 * s))
+    sternum = np.array(
+        [[z_top - 30.0 * s, -cb - 0.5 * RIB_LAYER_MM, 0.0, z_top - 200.0 * s, -cb - 0.5 * RIB_LAYER_MM, 0.0]]
+    )
+    tubes["cortical_bone"].append(_with_radius(sternum, 7.0 * s))
+    tubes["trabecular_bone"].append(_with_radius(sternum, 4.8 * s))
+    dz = disc_z0 + 12.5 * s + 25.0 * s * np.arange(-16, 16)
+    arch = spine_y + 20.0 * s
+    one = np.ones_like(dz)
+    for start, end, radius in (
+        ((arch, -10.0 * s), (arch + 18.0 * s, 0.0), 4.0 * s),  # right lamina
+        ((arch, 10.0 * s), (arch + 18.0 * s, 0.0), 4.0 * s),  # left lamina
+    ):
+        seg = np.stack([dz, start[0] * one, start[1] * one, dz, end[0] * one, end[1] * one], axis=1)
+        tubes["cortical_bone"].append(_with_radius(seg, radius))
+    spinous = np.stack(
+        [dz, (arch + 18.0 * s) * one, 0 * one, dz - 10.0 * s, (arch + 32.0 * s) * one, 0 * one], 1
+    )
+    tubes["cortical_bone"].append(_with_radius(spinous, 4.5 * s))
+
+
+def _with_radius(segments: np.ndarray, radius: float) -> np.ndarray:
+    """``(S, 6)`` end points -> ``(S, 8)`` capsules of constant ``radius``."""
+    return np.concatenate([segments, np.full((len(segments), 2), radius)], axis=1)

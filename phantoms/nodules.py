@@ -6,7 +6,7 @@ spicules for a *spiculated* margin (thin cones from inside the surface out to 0.
 base radius 0.12-0.2 r, tip 0.15 mm). The shape is built at unit size and scaled so that its volume
 equals the sphere of the drawn diameter: ``diameter_mm`` is the sphere-equivalent diameter, and the
 nominal volume is ``pi d^3 / 6``. The unit shape's volume is integrated by
-quasi-Monte Carlo (2^15 points of the R3 low-discrepancy sequence, randomly shifted per case), error
+quasi-Monte Carlo (2^14 points of the R3 low-discrepancy sequence, randomly shifted per case), error
 well under 1%.
 
 Attenuation. Solid nodules are soft tissue (default 30 HU). Ground-glass nodules are hazy increased
@@ -33,7 +33,7 @@ from phantoms.render import capsule_sd_points
 LESION_TYPES = ("solid", "part_solid", "ground_glass")
 MARGINS = ("smooth", "lobulated", "spiculated")
 SPICULE_TIP_MM = 0.15
-QMC_POINTS = 2**15
+QMC_POINTS = 2**14
 
 
 @dataclass(frozen=True, slots=True)

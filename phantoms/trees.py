@@ -33,12 +33,6 @@ class Ellipsoid:
         return np.sqrt((((points - self.centre) / self.half_axes) ** 2).sum(-1))
 
 
-def _perpendicular(rng: np.random.Generator, direction: np.ndarray) -> np.ndarray:
-    v = rng.normal(size=3)
-    v -= v.dot(direction) * direction
-    return v / np.linalg.norm(v)
-
-
 def grow_tree(
     rng: np.random.Generator,
     organ: Ellipsoid,
@@ -50,7 +44,7 @@ def grow_tree(
     max_generations: int,
     fill: float = 0.93,
 ) -> np.ndarray:
-    """Grow a bifurcating tree from ``root``.
+    """Grow a bifurcating tree from ``root``, one generation at a time (vectorised over branches).
 
     Args:
         rng: the case's generator.
@@ -65,38 +59,41 @@ def grow_tree(
         fill: largest normalised radius a segment end may reach.
 
     Returns:
-        ``(S, 8)`` capsules ``z0, y0, x0, z1, y1, x1, r0, r1`` (mm), tapering along each segment to
-        the children's radius, with a ``generation`` order (root first).
+        ``(S, 8)`` capsules ``z0, y0, x0, z1, y1, x1, r0, r1`` (mm), root first, each tapering to its
+        children's radius. A segment whose end leaves the organ is shortened by 0.6 up to three times,
+        then dropped with its subtree.
     """
-    segments: list[list[float]] = []
-    stack = [
-        (
-            np.asarray(root, float),
-            np.asarray(direction, float) / np.linalg.norm(direction),
-            length_mm,
-            radius_mm,
-            0,
-        )
-    ]
-    while stack:
-        start, dirn, length, radius, generation = stack.pop(0)
-        end = start + dirn * length
-        for _ in range(4):
-            if organ.rho(end) < fill:
-                break
-            length *= 0.6
-            end = start + dirn * length
-        else:
-            continue
+    starts = np.asarray(root, dtype=np.float64).reshape(1, 3)
+    dirs = np.asarray(direction, dtype=np.float64).reshape(1, 3)
+    dirs = dirs / np.linalg.norm(dirs, axis=1, keepdims=True)
+    lengths = np.array([length_mm], dtype=np.float64)
+    radius = radius_mm
+    segments = []
+    for generation in range(max_generations):
+        ends = starts + dirs * lengths[:, None]
+        inside = organ.rho(ends) < fill
+        for _ in range(3):
+            lengths = np.where(inside, lengths, 0.6 * lengths)
+            ends = starts + dirs * lengths[:, None]
+            inside = organ.rho(ends) < fill
+        starts, ends, dirs, lengths = starts[inside], ends[inside], dirs[inside], lengths[inside]
+        n = len(starts)
+        if n == 0:
+            break
         child_r = radius * MURRAY
         last = generation + 1 >= max_generations or child_r < min_radius_mm
-        segments.append([*start, *end, radius, radius if last else child_r])
+        radii = np.full((n, 1), radius)
+        segments.append(np.concatenate([starts, ends, radii, radii if last else np.full((n, 1), child_r)], 1))
         if last:
-            continue
-        axis = _perpendicular(rng, dirn)
-        for sign in (1.0, -1.0):
-            angle = np.deg2rad(rng.uniform(20.0, 40.0))
-            child = np.cos(angle) * dirn + sign * np.sin(angle) * axis
-            child /= np.linalg.norm(child)
-            stack.append((end, child, length * rng.uniform(0.65, 0.85), child_r, generation + 1))
-    return np.asarray(segments, dtype=np.float64).reshape(-1, 8)
+            break
+        axis = rng.normal(size=(n, 3))
+        axis -= (axis * dirs).sum(1, keepdims=True) * dirs
+        axis /= np.linalg.norm(axis, axis=1, keepdims=True)
+        angle = np.deg2rad(rng.uniform(20.0, 40.0, size=(n, 2, 1)))
+        sign = np.array([1.0, -1.0]).reshape(1, 2, 1)
+        children = np.cos(angle) * dirs[:, None] + sign * np.sin(angle) * axis[:, None]
+        dirs = (children / np.linalg.norm(children, axis=2, keepdims=True)).reshape(-1, 3)
+        lengths = (lengths[:, None] * rng.uniform(0.65, 0.85, size=(n, 2))).reshape(-1)
+        starts = np.repeat(ends, 2, axis=0)
+        radius = child_r
+    return np.concatenate(segments) if segments else np.zeros((0, 8))
