@@ -24,12 +24,14 @@ import numpy as np
 import torch
 from pydantic import Field, field_validator
 
+from perturbations.random import standard_normal
 from phantoms.base import PHANTOMS, Attribute, CaseBatch, PhantomGenerator, PhantomSpec
 from phantoms.chest_anatomy import FAT_MM, SEX_SCALE, ChestLayout, draw_layout
 from phantoms.nodules import LESION_TYPES, MARGINS, extent_mm, make_nodule, translate
 from phantoms.population import PopulationSpec, case_rng, draw_level
 from phantoms.render import Canvas, capsule_sd_points
 
+TEXTURE_CELL_MM = 8.0  # grid step of the lung texture's random field
 STREAM_CASE = 1  # stream id of the per-case phantom draws (see phantoms.population.case_rng)
 
 ORGANS = (
@@ -80,6 +82,8 @@ class ChestCTSpec(PhantomSpec):
         vessel_generations: generations of each pulmonary artery tree (veins one fewer).
         min_vessel_radius_mm: thinnest vessel drawn; never below half the in-plane voxel size.
         nodule_vessel_overlap_mm: how far a vessel may reach into a nodule, mm.
+        lung_texture_hu: standard deviation of a smooth Gaussian texture added to the lung parenchyma
+            (correlation length about 8 mm), HU; 0 = off.
     """
 
     shape: tuple[int, int, int] = Field((40, 80, 80), description="D, H, W [voxels]")
@@ -93,6 +97,7 @@ class ChestCTSpec(PhantomSpec):
     vessel_generations: int = Field(7, ge=1, le=10, description="generations per artery tree [count]")
     min_vessel_radius_mm: float = Field(0.75, ge=0.1, le=5.0, description="thinnest vessel [mm]")
     nodule_vessel_overlap_mm: float = Field(1.0, ge=0.0, le=10.0, description="vessel reach into nodule [mm]")
+    lung_texture_hu: float = Field(0.0, ge=0.0, le=200.0, description="lung texture SD [HU]")
 
     @field_validator("shape")
     @classmethod
@@ -164,6 +169,7 @@ class _Draw:
     nodule: np.ndarray  # (S, 8) capsules of the whole nodule, may be empty
     core: np.ndarray  # (S', 8) solid core of a part-solid nodule, may be empty
     lesion: dict[str, Any] | None
+    texture_seed: int
 
 
 def draw_attributes(spec: ChestCTSpec, pop: PopulationSpec, rng: np.random.Generator) -> tuple[int, dict]:
@@ -193,7 +199,8 @@ def _draw_case(spec: ChestCTSpec, pop: PopulationSpec, seed: int, index: int) ->
         centre, side = _place(spec, rng, layout, caps)
         nodule, core = translate(caps, centre), translate(core, centre)
         lesion = {**lesion, "side": "RL"[side], "centre_mm": [float(c) for c in centre]}
-    return _Draw(label, attributes, layout, hu, nodule, core, lesion)
+    texture_seed = int(rng.integers(2**62))
+    return _Draw(label, attributes, layout, hu, nodule, core, lesion, texture_seed)
 
 
 def _place(
@@ -289,6 +296,22 @@ def _box(centre: np.ndarray, reach: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return (centre - reach).min(0), (centre + reach).max(0)
 
 
+def _add_lung_texture(cv: Canvas, draws: Sequence[_Draw], sd_hu: float) -> None:
+    """Add a smooth zero-mean Gaussian texture of SD ``sd_hu`` to the lung voxels.
+
+    I.i.d. normals on a grid of about :data:`TEXTURE_CELL_MM` cells (counter-based, so the same on every
+    device and batch layout), trilinearly interpolated and scaled by ``sqrt(27 / 8)``, the inverse of
+    the mean variance of a trilinear interpolant, so that the SD averaged over the volume is ``sd_hu``.
+    """
+    extent = [n * s for n, s in zip(cv.shape, cv.spacing, strict=True)]
+    coarse = tuple(max(2, int(np.ceil(e / TEXTURE_CELL_MM)) + 1) for e in extent)
+    seeds = torch.tensor([d.texture_seed for d in draws], dtype=torch.int64, device=cv.device)
+    field = standard_normal(seeds, (1, *coarse))
+    fine = torch.nn.functional.interpolate(field, size=cv.shape, mode="trilinear", align_corners=True)[:, 0]
+    lung = cv.labels == LABEL["lung"]
+    cv.image.add_(torch.where(lung, fine * (sd_hu * (27.0 / 8.0) ** 0.5), torch.zeros_like(fine)))
+
+
 def generate_chest_ct(
     spec: ChestCTSpec, population: PopulationSpec, seed: int, indices: Sequence[int], device: torch.device
 ) -> CaseBatch:
@@ -301,6 +324,8 @@ def generate_chest_ct(
     draws = [_draw_case(spec, population, seed, i) for i in indices]
     cv = Canvas(len(draws), spec.shape, spec.spacing_mm, device, HU["background"])
     _paint_anatomy(cv, draws)
+    if spec.lung_texture_hu > 0:
+        _add_lung_texture(cv, draws, spec.lung_texture_hu)
     nodule = cv.union_sd([d.nodule for d in draws])
     value = cv.column([d.lesion["hu"] if d.lesion else 0.0 for d in draws])
     cv.paint(nodule, value, LABEL["nodule"])

@@ -8,6 +8,7 @@ from scipy import ndimage, stats
 
 from phantoms import PHANTOMS
 from phantoms.chest_ct import (
+    HU,
     LABEL,
     ORGANS,
     STREAM_CASE,
@@ -185,3 +186,23 @@ def test_every_nodule_lies_inside_a_tight_field_of_view():
         lesion = batch.lesions[b][0]
         assert lesion["volume_mm3"] > 0
         assert np.all(np.abs(lesion["centre_mm"]) + lesion["diameter_mm"] / 2 < half)
+
+
+def test_lung_texture_is_zero_mean_with_the_specified_sd():
+    spec = ChestCTSpec(
+        shape=(40, 100, 100), spacing_mm=(4.0, 3.6, 3.6), vessel_generations=4, lung_texture_hu=30.0
+    )
+    batch = _gen(range(3), spec=spec, pop=PopulationSpec(prevalence=0.0))
+    plain = _gen(
+        range(3), spec=spec.model_copy(update={"lung_texture_hu": 0.0}), pop=PopulationSpec(prevalence=0.0)
+    )
+    assert torch.equal(batch.organs, plain.organs)
+    outside = batch.organs != LABEL["lung"]
+    assert torch.equal(batch.image[outside], plain.image[outside])  # texture only in the lung
+    for b in range(3):
+        roi = ndimage.binary_erosion(
+            batch.organs[b, 0].numpy() == LABEL["lung"], structure=np.ones((3, 3, 3))
+        )
+        values = batch.image[b, 0].numpy()[roi]
+        assert abs(values.mean() - HU["lung"]) < 5.0
+        assert 24.0 < values.std() < 36.0
