@@ -9,6 +9,10 @@ A perturbation is registered as a :class:`Perturbation` entry holding
 * ``apply(x, spacing_mm, params) -> x'``: a pure, deterministic kernel over a batch
   ``(B, C, D, H, W)`` on any device, one ``Params`` per batch element. It never draws parameters;
   random fields come from the integer ``seed`` inside the params (see :mod:`perturbations.random`).
+* ``ladder``: the default five severities, mildest first, each a physical value documented in
+  docs/perturbation-physics.md.
+* ``apply_mask(mask, spacing_mm, params) -> mask'`` (geometry-changing perturbations only): the same
+  geometric transform applied to a ground-truth mask (nearest neighbour: a mask stays a mask).
 """
 
 from __future__ import annotations
@@ -95,6 +99,8 @@ class Perturbation:
     props: Props
     sample: Callable[[Any, float, np.random.Generator], Any]
     apply: Callable[[Tensor, Spacing, Sequence[Any]], Tensor]
+    ladder: tuple[float, ...] = ()
+    apply_mask: Callable[[Tensor, Spacing, Sequence[Any]], Tensor] | None = None
 
 
 PERTURBATIONS: Registry[Perturbation] = Registry("perturbation")

@@ -124,6 +124,7 @@ PERTURBATIONS.register(
         spec=GaussianBlurSpec,
         params=GaussianBlurParams,
         severity=Severity(name="fwhm_mm", unit="mm", low=0.0, high=100.0, nominal=0.0, harsher="higher"),
+        ladder=(1.0, 2.0, 4.0, 8.0, 12.0),
         props=Props(intensity_only=True, identity_at_nominal=True, random=False),
         sample=sample_gaussian_blur,
         apply=apply_gaussian_blur,

@@ -107,6 +107,7 @@ PERTURBATIONS.register(
             nominal=1.0,
             harsher="lower",
         ),
+        ladder=(0.5, 0.25, 0.1, 0.05, 0.02),
         props=Props(intensity_only=True, identity_at_nominal=False, random=True),
         sample=sample_ct_dose,
         apply=apply_ct_dose,

@@ -60,3 +60,13 @@ def test_unknown_name_suggests():
 
     with pytest.raises(StressError, match="did you mean 'ct_dose'"):
         PERTURBATIONS.get("ct_dos")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_default_ladder_has_five_valid_levels_mildest_first(name):
+    entry = PERTURBATIONS.get(name)
+    ladder = entry.ladder
+    assert len(ladder) == 5, name
+    assert all(entry.severity.check(v) is None for v in ladder), name
+    distance = [abs(v - entry.severity.nominal) for v in ladder]
+    assert distance == sorted(distance) and len(set(distance)) == 5, name
