@@ -30,6 +30,7 @@ from stress.models.demo import WEIGHTS_DIR, NoduleNet
 from stress.stats.metrics import compute_roc_auc
 
 DEMO_GEOMETRY = {"shape": (32, 64, 64), "spacing_mm": (5.0, 5.0, 5.0)}
+DEMO_POPULATION = PopulationSpec(prevalence=0.5, attributes={"lesion_type": {"solid": 1.0}})
 TRAIN_SEED = 1234
 VALIDATION_SEED = 4321
 DOSE = CTDoseSpec(reference_noise_hu=20.0)
@@ -67,7 +68,7 @@ def augment(images: torch.Tensor, spacing, rng: np.random.Generator, robust: boo
 
 def make_cases(n: int, seed: int, spec: ChestCTSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Noiseless phantom images ``(n, 1, D, H, W)``, nodule masks (same shape) and labels ``(n,)``."""
-    pop = PopulationSpec(prevalence=0.5)
+    pop = DEMO_POPULATION
     images, masks, labels = [], [], []
     for start in range(0, n, 32):
         batch = generate_chest_ct(spec, pop, seed, range(start, min(start + 32, n)), torch.device("cpu"))
