@@ -3,9 +3,24 @@
 Importing this package registers the built-in perturbations in :data:`PERTURBATIONS`.
 """
 
-from perturbations import blur, dose  # noqa: F401  (registration side effects)
+from perturbations import (  # noqa: F401  (registration side effects)
+    blur,
+    ct_artefacts,
+    ct_beam,
+    ct_geometry,
+    ct_kernel,
+    dose,
+    intensity,
+    mri_bias,
+    mri_kspace,
+    mri_motion,
+    mri_noise,
+    mri_sampling,
+    pipeline,
+    resolution,
+)
 from perturbations.base import PERTURBATIONS, Perturbation, Props, Severity, params_from_dict, params_to_dict
-from perturbations.chain import AppliedPerturbation, apply_chain
+from perturbations.chain import AppliedPerturbation, apply_chain, apply_chain_mask, chain_spacing
 
 __all__ = [
     "PERTURBATIONS",
@@ -14,6 +29,8 @@ __all__ = [
     "Props",
     "Severity",
     "apply_chain",
+    "apply_chain_mask",
+    "chain_spacing",
     "params_from_dict",
     "params_to_dict",
 ]

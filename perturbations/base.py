@@ -13,6 +13,8 @@ A perturbation is registered as a :class:`Perturbation` entry holding
   docs/perturbation-physics.md.
 * ``apply_mask(mask, spacing_mm, params) -> mask'`` (geometry-changing perturbations only): the same
   geometric transform applied to a ground-truth mask (nearest neighbour: a mask stays a mask).
+* ``spacing_after(spacing_mm, params) -> spacing_mm'`` (metadata perturbations only): the voxel spacing
+  the model is told for one case; the image itself is unchanged.
 """
 
 from __future__ import annotations
@@ -101,6 +103,7 @@ class Perturbation:
     apply: Callable[[Tensor, Spacing, Sequence[Any]], Tensor]
     ladder: tuple[float, ...] = ()
     apply_mask: Callable[[Tensor, Spacing, Sequence[Any]], Tensor] | None = None
+    spacing_after: Callable[[Spacing, Any], Spacing] | None = None
 
 
 PERTURBATIONS: Registry[Perturbation] = Registry("perturbation")

@@ -30,6 +30,37 @@ def apply_chain(x: Tensor, spacing_mm: Spacing, steps: Sequence[AppliedPerturbat
     return x
 
 
+def apply_chain_mask(
+    mask: Tensor, spacing_mm: Spacing, steps: Sequence[AppliedPerturbation]
+) -> Tensor | None:
+    """Apply the geometry-changing steps of a chain to a ground-truth mask; ``None`` if there are none."""
+    out = None
+    for step in steps:
+        apply_mask = PERTURBATIONS.get(step.name).apply_mask
+        if apply_mask is not None:
+            out = apply_mask(mask if out is None else out, spacing_mm, step.params)
+    return out
+
+
+def chain_spacing(spacing_mm: Spacing, steps: Sequence[AppliedPerturbation]) -> Spacing:
+    """The spacing a model is told after the chain's metadata errors (the same for every case).
+
+    Raises:
+        ValueError: when the cases of the batch would be told different spacings.
+    """
+    for step in steps:
+        after = PERTURBATIONS.get(step.name).spacing_after
+        if after is None:
+            continue
+        told = {tuple(after(spacing_mm, p)) for p in step.params}
+        if len(told) != 1:
+            raise ValueError(
+                f"{step.name}: the cases of one batch would get different spacings {sorted(told)}"
+            )
+        spacing_mm = told.pop()
+    return spacing_mm
+
+
 def steps_from_records(records: Sequence[Sequence[dict[str, Any]]]) -> list[AppliedPerturbation]:
     """Rebuild batched steps from per-case records (each case must have the same chain of names)."""
     names = [[r["name"] for r in case] for case in records]

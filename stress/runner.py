@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from perturbations import PERTURBATIONS, AppliedPerturbation, apply_chain
+from perturbations import PERTURBATIONS, AppliedPerturbation, apply_chain, apply_chain_mask, chain_spacing
 from phantoms import PHANTOMS, CaseBatch
 from phantoms.population import case_rng
 from stress.errors import StressError
@@ -103,6 +103,31 @@ def _case_columns(batch: CaseBatch, b: int) -> dict[str, Any]:
     }
 
 
+def _truth_after(batch: CaseBatch, steps: list[AppliedPerturbation]) -> list[dict[str, Any]]:
+    """Per case: the label after geometry-changing steps and the fraction of the lesion still in view.
+
+    A positive case whose lesion mask is emptied by the chain (cropped away, blanked slices) becomes a
+    negative for that row; intensity-only chains leave the label as generated (visible fraction 1).
+    """
+    moved = apply_chain_mask(batch.mask, batch.spacing_mm, steps)
+    before = batch.mask.flatten(1).sum(dim=1)
+    after = before if moved is None else moved.flatten(1).sum(dim=1)
+    out = []
+    for b, (n0, n1) in enumerate(zip(before.tolist(), after.tolist(), strict=True)):
+        visible = n1 / n0 if n0 else math.nan
+        label = batch.label[b] if not (n0 and n1 == 0) else 0
+        out.append({"label": label, "lesion_visible_fraction": visible})
+    return out
+
+
+def _spacing_told(batch: CaseBatch, steps: list[AppliedPerturbation], ids: list[str]) -> tuple[float, ...]:
+    """The spacing handed to the models after the chain's metadata errors."""
+    try:
+        return chain_spacing(batch.spacing_mm, steps)
+    except ValueError as exc:
+        raise StressError(f"cases {ids[0]}..{ids[-1]}: {exc}") from None
+
+
 def run_chunk(
     sc: Scenario,
     chunk: int,
@@ -130,15 +155,18 @@ def run_chunk(
         for name, severity, chain in sweeps:
             steps = sample_chain(sc, chain, batch)
             image = apply_chain(batch.image, batch.spacing_mm, steps)
+            truth = _truth_after(batch, steps)
+            told = _spacing_told(batch, steps, ids)
             sev = PERTURBATIONS.get(name).severity
             records = [json.dumps([s.record(b) for s in steps], sort_keys=True) for b in range(len(indices))]
             for model in models:
                 # A copy per model: a model that normalises its input in place must not change the next one's.
-                scores = model.predict(image.clone(), batch.spacing_mm, ids).tolist()
+                scores = model.predict(image.clone(), told, ids).tolist()
                 for b, score in enumerate(scores):
                     rows.append(
                         {
                             **case_cols[b],
+                            **truth[b],
                             "chunk": chunk,
                             "perturbation": name,
                             "severity_name": sev.name,

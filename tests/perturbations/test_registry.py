@@ -39,6 +39,10 @@ def test_shape_dtype_device_kept_and_replay_bit_identical(name, device):
     y = entry.apply(x, (1.0, 1.0, 1.0), params)
     assert y.shape == x.shape and y.dtype == x.dtype and y.device == x.device
     assert torch.equal(y, entry.apply(x, (1.0, 1.0, 1.0), params))
+    if entry.spacing_after is not None:  # a metadata error: the spacing changes, the image does not
+        assert entry.spacing_after((1.0, 1.0, 1.0), params[1]) != (1.0, 1.0, 1.0)
+        assert entry.spacing_after((1.0, 1.0, 1.0), params[0]) == (1.0, 1.0, 1.0)
+        return
     assert not torch.equal(y[1], x[1])  # a harsher severity changes the image
 
 
