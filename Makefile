@@ -35,6 +35,9 @@ dicom-tools:
 
 bench: install
 	$(BIN)/python bench/bench_perturbations.py
+	$(BIN)/python bench/bench_ct.py
+	$(BIN)/python bench/bench_mri.py
+	$(BIN)/python bench/bench_generic.py
 	$(BIN)/python bench/bench_phantoms.py
 
 lint: install

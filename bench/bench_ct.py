@@ -47,6 +47,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench.bench_perturbations import as_cpu, ratio, timed  # noqa: E402
+from bench.common import base_parser, report_header, set_up  # noqa: E402
 from perturbations import PERTURBATIONS  # noqa: E402
 from perturbations.blur import FWHM_PER_SIGMA  # noqa: E402
 from perturbations.ct_geometry import inplane_radius_mm  # noqa: E402
@@ -152,22 +153,14 @@ def library_info() -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=128, help="N of the N^3 volume [voxels]")
-    parser.add_argument("--batch", type=int, default=1, help="cases per batch")
-    parser.add_argument("--repeats", type=int, default=5, help="timed calls after one warm-up")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    parser.add_argument("--spacing", type=float, nargs=3, default=(1.0, 0.8, 0.8), help="D H W [mm]")
+    parser = base_parser(__doc__, batch=1, repeats=5)
     parser.add_argument("--mtf50", type=float, default=2.8, help="ct_kernel severity [lp/cm]")
     parser.add_argument("--dose", type=float, default=0.25, help="ct_dose_nps severity [fraction]")
     parser.add_argument("--thickness-mm", type=float, default=5.0, help="ct_slice_thickness severity [mm]")
     parser.add_argument("--offset-hu", type=float, default=10.0, help="ct_hu_calibration severity [HU]")
     parser.add_argument("--scale", type=float, default=1.02, help="ct_hu_calibration scale")
     args = parser.parse_args()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = set_up(args)
     spacing = tuple(float(s) for s in args.spacing)
     x = cylinder(args, spacing)
     cpu_images = None
@@ -207,15 +200,7 @@ def main() -> None:
         results[name] = row
 
     report = {
-        "benchmark": "ct_perturbations",
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "load_average_1m": os.getloadavg()[0],
-        "size": args.size,
-        "batch": args.batch,
-        "repeats": args.repeats,
+        **report_header("ct_perturbations", device, args),
         "dtype": "float32",
         "spacing_mm": list(spacing),
         "libraries": library_info(),

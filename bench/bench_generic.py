@@ -41,12 +41,18 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench.bench_perturbations import as_cpu, ratio, timed  # noqa: E402
+from bench.common import base_parser, random_volume, report_header, set_up  # noqa: E402
 from perturbations import PERTURBATIONS  # noqa: E402
 from perturbations.intensity import GammaParams  # noqa: E402
 
 SEED = 0
 MODULES = {"perturbations.intensity", "perturbations.resolution", "perturbations.pipeline"}
-NAMES = tuple(name for name, entry in PERTURBATIONS.items() if entry.spec.__module__ in MODULES)
+NAMES = tuple(
+    name
+    for name, entry in PERTURBATIONS.items()
+    if entry.spec.__module__ in MODULES
+    and entry.spacing_after is None  # metadata-only errors: nothing to time
+)
 
 
 def settings(args: argparse.Namespace) -> dict[str, tuple[float, dict[str, Any]]]:
@@ -194,26 +200,15 @@ def checks(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=128, help="N of the N^3 volume [voxels]")
-    parser.add_argument("--batch", type=int, default=1, help="cases per batch")
-    parser.add_argument("--repeats", type=int, default=5, help="timed calls after one warm-up")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    parser.add_argument("--spacing", type=float, nargs=3, default=(1.0, 0.8, 0.8), help="D H W [mm]")
+    parser = base_parser(__doc__, batch=1, repeats=5)
     parser.add_argument("--abs-log-gamma", type=float, default=0.3, help="gamma severity |ln gamma|")
     parser.add_argument("--quality", type=float, default=50.0, help="lossy_compression JPEG quality")
     parser.add_argument("--downsampling", type=float, default=3.0, help="anisotropy factor along D")
     parser.add_argument("--margin-mm", type=float, default=20.0, help="crop_pad margin per side [mm]")
     args = parser.parse_args()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = set_up(args)
     spacing = tuple(float(s) for s in args.spacing)
-
-    gen = torch.Generator().manual_seed(SEED)
-    shape = (args.batch, 1, args.size, args.size, args.size)
-    x = (torch.randn(shape, generator=gen, dtype=torch.float32) * 100.0).to(device)
+    x = random_volume(args, device, SEED)
     cfg = settings(args)
     ours = Ours(x, spacing, cfg)
     tio_ = load(TorchIO, x, spacing, ours, args)
@@ -245,15 +240,7 @@ def main() -> None:
         results[name] = row
 
     report = {
-        "benchmark": "generic_perturbations",
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "load_average_1m": os.getloadavg()[0],
-        "size": args.size,
-        "batch": args.batch,
-        "repeats": args.repeats,
+        **report_header("generic_perturbations", device, args),
         "dtype": "float32",
         "spacing_mm": list(spacing),
         "max_abs_input": check["max_abs_input"],

@@ -43,6 +43,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench.bench_perturbations import as_cpu, ratio, timed  # noqa: E402
+from bench.common import set_up  # noqa: E402
 from perturbations import PERTURBATIONS, params_to_dict  # noqa: E402
 from perturbations.mri_bias import bias_coefficients  # noqa: E402
 from perturbations.mri_kspace import spike_positions  # noqa: E402
@@ -157,9 +158,7 @@ def main() -> None:
         parser.add_argument(flag, type=kind, default=default, help=text)
     parser.add_argument("--spacing", type=float, nargs=3, default=(1.0, 1.0, 1.0), help="D H W [mm]")
     args = parser.parse_args()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = set_up(args)
     spacing = tuple(float(s) for s in args.spacing)
     x = phantom_volume(args.size, args.batch, device)
     params = draw_params(NAMES, args.level, args.batch)

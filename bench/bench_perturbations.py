@@ -40,6 +40,7 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from bench.common import base_parser, random_volume, report_header, set_up  # noqa: E402
 from perturbations import PERTURBATIONS  # noqa: E402
 from perturbations.blur import FWHM_PER_SIGMA, kernel_radius  # noqa: E402
 
@@ -177,25 +178,14 @@ def checks(ours: Ours, tio_: TorchIO | None, monai_: Monai | None, x: torch.Tens
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=128, help="N of the N^3 volume [voxels]")
-    parser.add_argument("--batch", type=int, default=1, help="cases per batch")
-    parser.add_argument("--repeats", type=int, default=5, help="timed calls after one warm-up")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    parser.add_argument("--spacing", type=float, nargs=3, default=(1.0, 0.8, 0.8), help="D H W [mm]")
+    parser = base_parser(__doc__, batch=1, repeats=5)
     parser.add_argument("--dose", type=float, default=0.25, help="ct_dose severity [fraction]")
     parser.add_argument("--reference-noise-hu", type=float, default=20.0, help="noise at full dose [HU]")
     parser.add_argument("--fwhm-mm", type=float, default=4.0, help="gaussian_blur severity [mm]")
     args = parser.parse_args()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = set_up(args)
     spacing = tuple(float(s) for s in args.spacing)
-
-    gen = torch.Generator().manual_seed(SEED)
-    shape = (args.batch, 1, args.size, args.size, args.size)
-    x = (torch.randn(shape, generator=gen, dtype=torch.float32) * 100.0).to(device)
+    x = random_volume(args, device, SEED)
 
     std_hu = args.reference_noise_hu / math.sqrt(args.dose)
     sigma_mm = args.fwhm_mm / FWHM_PER_SIGMA
@@ -225,15 +215,7 @@ def main() -> None:
         results[name] = row
 
     report = {
-        "benchmark": "perturbations",
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "load_average_1m": os.getloadavg()[0],
-        "size": args.size,
-        "batch": args.batch,
-        "repeats": args.repeats,
+        **report_header("perturbations", device, args),
         "dtype": "float32",
         "spacing_mm": list(spacing),
         "settings": {

@@ -26,6 +26,7 @@ import time  # noqa: E402
 
 import torch  # noqa: E402
 
+from bench.common import base_parser, report_header, set_up  # noqa: E402
 from phantoms import PHANTOMS  # noqa: E402
 from phantoms.population import PopulationSpec  # noqa: E402
 
@@ -65,25 +66,13 @@ def _time_generator(name: str, args: argparse.Namespace, device: torch.device) -
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=128, help="N of the N^3 volume [voxels]")
-    parser.add_argument("--batch", type=int, default=8, help="cases per generate call")
-    parser.add_argument("--repeats", type=int, default=3, help="timed calls after one warm-up")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser = base_parser(__doc__, batch=8, repeats=3, spacing=False)
     parser.add_argument("--generators", default=None, help="comma-separated names (default: all registered)")
     args = parser.parse_args()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = set_up(args)
     names = args.generators.split(",") if args.generators else PHANTOMS.names()
     report = {
-        "benchmark": "phantoms",
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "load_average_1m": os.getloadavg()[0],
+        **report_header("phantoms", device, args),
         "results": [_time_generator(name, args, device) for name in names],
     }
     print(json.dumps(report, indent=2))
