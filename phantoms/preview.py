@@ -1,4 +1,8 @@
-"""A PNG montage of phantom cases: axial, coronal and sagittal slices with the lesion mask outlined."""
+"""A PNG montage of phantom cases: axial, coronal and sagittal slices with the lesion mask outlined.
+
+Display window (:func:`display_window`): a generator's own window where it has one (chest CT: the lung
+window), else by modality: CT soft tissue -160..240 HU, MR the 1st to 99.5th percentile of the case.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,22 @@ import numpy as np  # noqa: E402
 
 from phantoms.base import CaseBatch  # noqa: E402
 
-WINDOW_HU = (-1000.0, 400.0)  # lung window
+WINDOWS = {"chest_ct": (-1000.0, 400.0)}  # generator -> fixed window (lung window, HU)
+CT_WINDOW_HU = (-160.0, 240.0)  # soft-tissue window: CT generators without their own
+MR_PERCENTILES = (1.0, 99.5)  # MR: signal has no absolute scale; window on the case's own histogram
+# Slices of negative cases pass through the volume centre, or through this point (z, y, x mm): the brain's
+# midline lies in the interhemispheric fissure, so its sagittal view is parasagittal (left ventricle).
+NEGATIVE_CENTRE_MM = {"brain_mri": (0.0, 0.0, 12.0)}
+
+
+def display_window(batch: CaseBatch, b: int) -> tuple[float, float]:
+    """Grey-level window ``(low, high)`` for case ``b``: per generator, else per modality."""
+    if batch.generator in WINDOWS:
+        return WINDOWS[batch.generator]
+    if batch.modality == "CT":
+        return CT_WINDOW_HU
+    low, high = np.percentile(batch.image[b, 0].detach().cpu().numpy(), MR_PERCENTILES)
+    return float(low), float(max(high, low + 1e-6))
 
 
 def pick_cases(batch: CaseBatch, n: int) -> list[int]:
@@ -26,13 +45,16 @@ def pick_cases(batch: CaseBatch, n: int) -> list[int]:
 
 
 def _centre(batch: CaseBatch, b: int) -> tuple[int, int, int]:
-    """Slice indices through the lesion centre (volume centre for negative cases)."""
+    """Slice indices through the lesion centre (negative cases: :data:`NEGATIVE_CENTRE_MM` or the centre)."""
     shape = batch.image.shape[2:]
     if batch.lesions and batch.lesions[b]:
         mm = batch.lesions[b][0]["centre_mm"]
-        idx = [round(c / s + (n - 1) / 2) for c, s, n in zip(mm, batch.spacing_mm, shape, strict=True)]
-        return tuple(int(np.clip(i, 0, n - 1)) for i, n in zip(idx, shape, strict=True))
-    return tuple(n // 2 for n in shape)
+    elif batch.generator in NEGATIVE_CENTRE_MM:
+        mm = NEGATIVE_CENTRE_MM[batch.generator]
+    else:
+        return tuple(n // 2 for n in shape)
+    idx = [round(c / s + (n - 1) / 2) for c, s, n in zip(mm, batch.spacing_mm, shape, strict=True)]
+    return tuple(int(np.clip(i, 0, n - 1)) for i, n in zip(idx, shape, strict=True))
 
 
 def save_montage(batch: CaseBatch, positions: list[int], path: Path) -> Path:
@@ -43,6 +65,7 @@ def save_montage(batch: CaseBatch, positions: list[int], path: Path) -> Path:
         img = batch.image[b, 0].detach().cpu().numpy()
         mask = batch.mask[b, 0].detach().cpu().numpy()
         k, j, i = _centre(batch, b)
+        low, high = display_window(batch, b)
         views = [
             (img[k], mask[k], sy / sx),
             (img[:, j, :], mask[:, j, :], sz / sx),
@@ -53,8 +76,8 @@ def save_montage(batch: CaseBatch, positions: list[int], path: Path) -> Path:
             ax.imshow(
                 plane,
                 cmap="gray",
-                vmin=WINDOW_HU[0],
-                vmax=WINDOW_HU[1],
+                vmin=low,
+                vmax=high,
                 aspect=aspect,
                 origin="upper" if col == 0 else "lower",
             )

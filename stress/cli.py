@@ -177,7 +177,7 @@ def phantoms_export(
     fmt: Annotated[str, typer.Option("--format", help="nifti or dicom")] = "nifti",
     cases: Annotated[int | None, typer.Option(help="export only the first N cases")] = None,
 ) -> None:
-    """Write the scenario's noiseless phantom cases as NIfTI (image, mask) or DICOM CT series."""
+    """Write the scenario's noiseless phantom cases as NIfTI (image, mask, organs) or DICOM CT/MR series."""
     from stress.phantom_io import export_cases
     from stress.scenario import load_scenario
 
