@@ -199,26 +199,33 @@ class Canvas:
         """Signed distance (mm) to each case's union of capsules (``(S_i, 8)`` arrays, mm), near them.
 
         Long capsules are cut into pieces about ``2 (r + ramp)`` long, pieces whose box misses the
-        volume are dropped, and the rest are evaluated in classes of similar box size, so that thin
-        branches do not pay for the boxes of thick ones.
+        volume are dropped, and the rest (of all cases together, without padding) are evaluated in
+        classes of similar box size, so that thin branches do not pay for the boxes of thick ones.
+        Boxes are computed on the host from the host-side capsules: nothing is read back from the device.
         """
-        half = (np.array(self.shape) - 1) / 2 * np.array(self.spacing)
-        kept = []
-        for caps in per_case:
+        n = np.array(self.shape)
+        spacing = np.array(self.spacing)
+        origin = -(n - 1) / 2 * spacing
+        pieces, cases = [], []
+        for b, caps in enumerate(per_case):
             caps = np.asarray(caps, dtype=np.float64).reshape(-1, CAPSULE_FIELDS)
-            reach = np.maximum(caps[:, 6], caps[:, 7]) + self.ramp_mm
-            caps = subdivide(caps, 2.0 * reach)
-            reach = (np.maximum(caps[:, 6], caps[:, 7]) + self.ramp_mm)[:, None]
-            lo = np.minimum(caps[:, 0:3], caps[:, 3:6]) - reach
-            hi = np.maximum(caps[:, 0:3], caps[:, 3:6]) + reach
-            inside = ((hi >= -half) & (lo <= half)).all(axis=1)
-            extent = ((hi - lo) / np.array(self.spacing)).max(axis=1)
-            kept.append((caps[inside], extent[inside]))
+            caps = subdivide(caps, 2.0 * (np.maximum(caps[:, 6], caps[:, 7]) + self.ramp_mm))
+            pieces.append(caps)
+            cases.append(np.full(len(caps), b))
+        caps, case = np.concatenate(pieces), np.concatenate(cases)
+        # Boxes hold every voxel centre within r + ramp / 2 of the axis: all that can have sd < ramp / 2.
+        reach = (np.maximum(caps[:, 6], caps[:, 7]) + 0.5 * self.ramp_mm)[:, None]
+        lo = np.floor((np.minimum(caps[:, 0:3], caps[:, 3:6]) - reach - origin) / spacing)
+        hi = np.ceil((np.maximum(caps[:, 0:3], caps[:, 3:6]) + reach - origin) / spacing)
+        lo, hi = np.clip(lo, 0, n).astype(np.int64), np.clip(hi, -1, n - 1).astype(np.int64)
+        extent = hi - lo + 1
+        touching = (extent > 0).all(axis=1)
+        size = extent.max(axis=1)
         index, dist = [], []
         for low, high in BOX_CLASSES_VOXELS:
-            group = [caps[(extent > low) & (extent <= high)] for caps, extent in kept]
-            if any(len(g) for g in group):
-                i, d = self.capsule_entries(pad_capsules(group))
+            sel = touching & (size > low) & (size <= high)
+            if sel.any():
+                i, d = self.capsule_entries(caps[sel], case[sel], lo[sel], hi[sel])
                 index.append(i)
                 dist.append(d)
         if not index:
@@ -230,60 +237,55 @@ class Canvas:
         reduced.scatter_reduce_(0, inverse, dist_all, reduce="amin")
         return SparseSD(unique, reduced)
 
-    def capsule_entries(self, capsules: Tensor) -> tuple[Tensor, Tensor]:
+    def capsule_entries(
+        self, capsules: np.ndarray, case: np.ndarray, lo: np.ndarray, hi: np.ndarray
+    ) -> tuple[Tensor, Tensor]:
         """Flat voxel indices and signed distances (mm) of the voxels near tapered capsules.
 
         Args:
-            capsules: ``(B, S, 8)``: end points ``p0 = (z0, y0, x0)``, ``p1 = (z1, y1, x1)`` and radii
-                ``r0, r1`` at each end, mm. A sphere is a capsule with ``p0 == p1``; pad a case's list
-                with capsules centred at :data:`FAR_MM`.
+            capsules: ``(N, 8)``: end points ``p0 = (z0, y0, x0)``, ``p1 = (z1, y1, x1)`` and radii
+                ``r0, r1`` at each end, mm. A sphere is a capsule with ``p0 == p1``.
+            case: ``(N,)`` batch position of each capsule.
+            lo: ``(N, 3)`` first voxel index of each capsule's box, inside the volume.
+            hi: ``(N, 3)`` last voxel index of each box (``>= lo``).
 
         Returns:
-            ``(index, sd)``: 1-D tensors over the voxels of every capsule's bounding box with
-            ``sd < ramp / 2`` (a voxel may repeat, once per capsule). The distance is
-            ``|p - q(t)| - r(t)`` with ``q(t)`` the closest axis point and ``r(t) = r0 + t (r1 - r0)``:
-            exact for untapered capsules and spheres, a close approximation for slowly tapered ones.
-            ``index`` counts voxels over the whole batch: ``((b * D + k) * H + j) * W + i``.
+            ``(index, sd)``: 1-D tensors over the voxels of every capsule's box with ``sd < ramp / 2``
+            (a voxel may repeat, once per capsule). The distance is ``|p - q(t)| - r(t)`` with ``q(t)``
+            the closest axis point and ``r(t) = r0 + t (r1 - r0)``: exact for untapered capsules and
+            spheres, a close approximation for slowly tapered ones. ``index`` counts voxels over the
+            whole batch: ``((b * D + k) * H + j) * W + i``. Every box is evaluated at the size of the
+            largest (per axis), so the result does not depend on which capsules share a call.
         """
-        b, s, _ = capsules.shape
-        caps = capsules.to(device=self.device, dtype=torch.float32)
-        p0, p1, r0, r1 = caps[..., 0:3], caps[..., 3:6], caps[..., 6], caps[..., 7]
-        reach = torch.maximum(r0, r1).unsqueeze(-1) + self.ramp_mm
-        spacing = torch.tensor(self.spacing, device=self.device)
-        n = torch.tensor(self.shape, device=self.device)
-        origin = -(n - 1) / 2 * spacing
-        lo = torch.floor((torch.minimum(p0, p1) - reach - origin) / spacing)
-        hi = torch.ceil((torch.maximum(p0, p1) + reach - origin) / spacing)
-        lo = torch.clamp(lo, min=0, max=FAR_MM).to(torch.int64)
-        hi = torch.minimum(torch.clamp(hi, min=-1, max=FAR_MM).to(torch.int64), n - 1)
-        near = (lo < n).all(-1) & (hi >= 0).all(-1)  # boxes that touch the volume at all
-        extent = torch.clamp(hi - lo + 1, min=0)
-        box = [int(extent[..., a][near].max().item()) if bool(near.any()) else 0 for a in range(3)]
-        if min(box) <= 0:
-            empty = torch.zeros(0, device=self.device)
-            return empty.to(torch.int64), empty
-        d = p1 - p0
-        length2 = torch.clamp((d * d).sum(-1), min=1e-12)
-        view = [(b, s, -1, 1, 1), (b, s, 1, -1, 1), (b, s, 1, 1, -1)]
-        dist2 = torch.zeros((), device=self.device)
-        dot = torch.zeros((), device=self.device)
-        valid = near.view(b, s, 1, 1, 1)
+        box = (hi - lo + 1).max(axis=0)
+        dev = self.device
+        caps = torch.as_tensor(capsules, dtype=torch.float32, device=dev)
+        lo_t = torch.as_tensor(lo, device=dev)
+        hi_t = torch.as_tensor(hi, device=dev)
+        m = len(capsules)
+        p0, d = caps[:, 0:3], caps[:, 3:6] - caps[:, 0:3]
+        r0, dr = caps[:, 6], caps[:, 7] - caps[:, 6]
+        length2 = torch.clamp((d * d).sum(-1), min=1e-12).view(m, 1, 1, 1)
+        spacing = torch.tensor(self.spacing, device=dev)
+        origin = -(torch.tensor(self.shape, device=dev) - 1) / 2 * spacing
+        view = [(m, -1, 1, 1), (m, 1, -1, 1), (m, 1, 1, -1)]
+        dist2 = torch.zeros((), device=dev)
+        dot = torch.zeros((), device=dev)
+        valid = torch.ones((), dtype=torch.bool, device=dev)
         idx: list[Tensor] = []
         for a in range(3):
-            k = lo[..., a : a + 1] + torch.arange(box[a], device=self.device)  # (B, S, K)
-            ok = (k <= hi[..., a : a + 1]) & (k < n[a])
-            rel = origin[a] + k.to(torch.float32) * spacing[a] - p0[..., a : a + 1]
+            k = lo_t[:, a : a + 1] + torch.arange(int(box[a]), device=dev)  # (N, K)
+            valid = valid & (k <= hi_t[:, a : a + 1]).view(view[a])
+            rel = origin[a] + k.to(torch.float32) * spacing[a] - p0[:, a : a + 1]
             dist2 = dist2 + (rel * rel).view(view[a])
-            dot = dot + (rel * d[..., a : a + 1]).view(view[a])
-            valid = valid & ok.view(view[a])
-            idx.append(torch.clamp(k, max=int(n[a]) - 1).view(view[a]))
-        l2 = length2.view(b, s, 1, 1, 1)
-        t = torch.clamp(dot / l2, 0.0, 1.0)
-        dist = torch.sqrt(torch.clamp(dist2 - t * (2.0 * dot - t * l2), min=0.0))
-        sd = dist - (r0.view(b, s, 1, 1, 1) + t * (r1 - r0).view(b, s, 1, 1, 1))
+            dot = dot + (rel * d[:, a : a + 1]).view(view[a])
+            idx.append(torch.clamp(k, max=self.shape[a] - 1).view(view[a]))
+        t = torch.clamp(dot / length2, 0.0, 1.0)
+        dist = torch.sqrt(torch.clamp(dist2 - t * (2.0 * dot - t * length2), min=0.0))
+        sd = dist - (r0.view(m, 1, 1, 1) + t * dr.view(m, 1, 1, 1))
         keep = valid & (sd < 0.5 * self.ramp_mm)
-        case = torch.arange(b, device=self.device).view(b, 1, 1, 1, 1)
-        flat = ((case * self.shape[0] + idx[0]) * self.shape[1] + idx[1]) * self.shape[2] + idx[2]
+        base = torch.as_tensor(case, device=dev).view(m, 1, 1, 1) * self.shape[0]
+        flat = ((base + idx[0]) * self.shape[1] + idx[1]) * self.shape[2] + idx[2]
         return flat.expand_as(sd)[keep], sd[keep]
 
 
