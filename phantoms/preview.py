@@ -85,9 +85,8 @@ def save_montage(batch: CaseBatch, positions: list[int], path: Path) -> Path:
                 ax.contour(outline, levels=[0.5], colors="red", linewidths=0.8)
             ax.set_xticks([])
             ax.set_yticks([])
-        attrs = ", ".join(f"{key}={value}" for key, value in batch.attributes[b].items())
-        axes[row, 0].set_ylabel(f"case {batch.case_index[b]}\nlabel {batch.label[b]}", fontsize=8)
-        axes[row, 1].set_title(attrs, fontsize=8)
+        attrs = "\n".join(f"{key}={value}" for key, value in batch.attributes[b].items())
+        axes[row, 0].set_ylabel(f"case {batch.case_index[b]}, label {batch.label[b]}\n{attrs}", fontsize=6)
     for col, name in enumerate(("axial", "coronal", "sagittal")):
         axes[0, col].set_xlabel(name, fontsize=8)
         axes[0, col].xaxis.set_label_position("top")

@@ -166,6 +166,39 @@ def report(run_dir: Annotated[Path, typer.Argument(help="run directory written b
     out.print(f"evidence pack: {pdf}")
 
 
+perturbations_app = typer.Typer(no_args_is_help=True, help="Look at perturbations on a scenario's phantom.")
+app.add_typer(perturbations_app, name="perturbations")
+
+
+@perturbations_app.command("montage")
+def perturbations_montage(
+    scenario: Annotated[Path, typer.Argument(help="scenario YAML file (its phantom is used)")],
+    names: Annotated[str, typer.Option(help="comma-separated perturbation names")],
+    png: Annotated[Path, typer.Option("--out", help="PNG file to write")] = Path("ladders.png"),
+    case: Annotated[int, typer.Option(help="case index of the phantom to show")] = 0,
+) -> None:
+    """PNG: each perturbation (row) at its nominal severity and the five levels of its default ladder."""
+    import torch
+
+    from perturbations import PERTURBATIONS
+    from phantoms.base import merge_batches
+    from stress.ladder_montage import save_ladder_montage
+    from stress.phantom_io import case_batches
+    from stress.scenario import load_scenario
+
+    loaded = load_scenario(scenario)
+    chosen = [n.strip() for n in names.split(",") if n.strip()]
+    if not chosen:
+        raise StressError("--names: no perturbation given (expected e.g. --names ct_dose,gaussian_blur)")
+    for name in chosen:
+        PERTURBATIONS.get(name)  # an unknown name exits with 2 and a suggestion
+    if not 0 <= case < loaded.scenario.phantom.n_cases:
+        raise StressError(f"--case: {case} (expected 0 to {loaded.scenario.phantom.n_cases - 1})")
+    batch = merge_batches(list(case_batches(loaded, case + 1, torch.device("cpu"))))
+    path = save_ladder_montage(batch, batch.case_index.index(case), chosen, png, loaded.scenario.seed)
+    out.print(f"ladder montage: {path}")
+
+
 phantoms_app = typer.Typer(no_args_is_help=True, help="Export or preview a scenario's phantom cases.")
 app.add_typer(phantoms_app, name="phantoms")
 

@@ -262,3 +262,63 @@ def test_phantoms_export_and_preview_commands(tmp_path):
     png = tmp_path / "preview.png"
     stress("phantoms", "preview", "scenarios/ci_smoke.yaml", "--out", str(png), "--show", "2", "--pool", "4")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_perturbation_ladder_montage_command(tmp_path):
+    png = tmp_path / "ladders.png"
+    proc = stress(
+        "perturbations",
+        "montage",
+        "scenarios/ci_smoke.yaml",
+        "--names",
+        "ct_dose,crop_pad",
+        "--out",
+        str(png),
+    )
+    assert "ladder montage:" in proc.stdout and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    proc = stress(
+        "perturbations",
+        "montage",
+        "scenarios/ci_smoke.yaml",
+        "--names",
+        "ct_dos",
+        "--out",
+        str(png),
+        check_rc=2,
+    )
+    assert "did you mean 'ct_dose'" in proc.stderr and "Traceback" not in proc.stderr
+    proc = stress(
+        "perturbations",
+        "montage",
+        "scenarios/ci_smoke.yaml",
+        "--names",
+        "ct_dose",
+        "--case",
+        "99",
+        check_rc=2,
+    )
+    assert "--case: 99 (expected 0 to 47)" in proc.stderr
+
+
+def test_ladder_images_start_at_nominal_and_follow_the_ladder():
+    import torch
+
+    from perturbations import PERTURBATIONS
+    from phantoms.chest_ct import ChestCTSpec, generate_chest_ct
+    from phantoms.population import PopulationSpec
+    from stress.ladder_montage import ladder_images
+
+    batch = generate_chest_ct(
+        ChestCTSpec(shape=(16, 48, 48), spacing_mm=(10.0, 7.5, 7.5), vessel_generations=2),
+        PopulationSpec(prevalence=1.0),
+        3,
+        [0],
+        torch.device("cpu"),
+    )
+    images = ladder_images(batch, 0, "gaussian_blur", seed=3)
+    assert [v for v, _ in images] == [0.0, *PERTURBATIONS.get("gaussian_blur").ladder]
+    k = images[0][1].shape
+    assert all(img.shape == k for _, img in images)
+    # the nominal blur is the identity; each harsher level removes more detail (lower gradient energy)
+    energy = [float((abs(img[1:] - img[:-1])).sum()) for _, img in images]
+    assert energy == sorted(energy, reverse=True) and energy[0] > energy[-1]
