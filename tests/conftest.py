@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
-import torch
+import sys
+from pathlib import Path
 
-import perturbations  # noqa: F401  (registers perturbations)
-import phantoms  # noqa: F401  (registers phantoms)
+# tests/ is on sys.path (pyproject `pythonpath`) for the shared helpers, and its phantoms/ and
+# perturbations/ folders would shadow the packages of the same name when pytest runs from its own script
+# (not `python -m pytest`): the repository root goes first.
+ROOT = str(Path(__file__).resolve().parents[1])
+if sys.path[0] != ROOT:
+    sys.path.insert(0, ROOT)
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import perturbations  # noqa: E402, F401  (registers perturbations)
+import phantoms  # noqa: E402, F401  (registers phantoms)
 
 
 @pytest.fixture
