@@ -9,6 +9,7 @@ from perturbations import (  # noqa: F401  (registration side effects)
     ct_beam,
     ct_geometry,
     ct_kernel,
+    ct_motion,
     dose,
     intensity,
     mri_bias,
