@@ -206,6 +206,8 @@ def main() -> None:
     parser.add_argument("--downsampling", type=float, default=3.0, help="anisotropy factor along D")
     parser.add_argument("--margin-mm", type=float, default=20.0, help="crop_pad margin per side [mm]")
     args = parser.parse_args()
+    # a cut of at most a quarter of the in-plane field of view per side, whatever --size
+    args.margin_mm = min(args.margin_mm, 0.25 * args.size * min(args.spacing[1:]))
     device = set_up(args)
     spacing = tuple(float(s) for s in args.spacing)
     x = random_volume(args, device, SEED)
