@@ -46,8 +46,8 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bench.bench_perturbations import as_cpu, ratio, timed  # noqa: E402
-from bench.common import base_parser, report_header, set_up  # noqa: E402
+from bench.bench_perturbations import as_cpu  # noqa: E402
+from bench.common import base_parser, ratio, report_header, set_up, timed  # noqa: E402  # noqa: E402
 from perturbations import PERTURBATIONS  # noqa: E402
 from perturbations.blur import FWHM_PER_SIGMA  # noqa: E402
 from perturbations.ct_geometry import inplane_radius_mm  # noqa: E402

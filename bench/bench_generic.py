@@ -40,8 +40,15 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bench.bench_perturbations import as_cpu, ratio, timed  # noqa: E402
-from bench.common import base_parser, random_volume, report_header, set_up  # noqa: E402
+from bench.bench_perturbations import as_cpu  # noqa: E402
+from bench.common import (  # noqa: E402
+    base_parser,
+    library_versions,
+    random_volume,
+    report_header,
+    set_up,
+    timing_row,
+)
 from perturbations import PERTURBATIONS  # noqa: E402
 from perturbations.intensity import GammaParams  # noqa: E402
 
@@ -216,28 +223,22 @@ def main() -> None:
     tio_ = load(TorchIO, x, spacing, ours, args)
     monai_ = load(Monai, x, spacing, ours, args)
 
-    libraries: dict[str, Any] = {}
-    for lib, obj, where in (("torchio", tio_, "cpu"), ("monai", monai_, str(device))):
-        if obj is None:
-            libraries[lib] = {"available": False}
-        else:
-            libraries[lib] = {"available": True, "version": obj.version, "device": where}
+    libraries = library_versions(tio_, monai_, device)
 
     check = checks(ours, tio_, monai_, args)
     results: dict[str, Any] = {}
     for name in NAMES:
-        t_ours = timed(lambda name=name: ours.run(name), args.repeats, device)
-        row: dict[str, Any] = {"severity": cfg[name][0], "spec": cfg[name][1]}
-        row.update({"ours_ms": t_ours["median"], "ours_min_ms": t_ours["min"]})
-        for lib, obj, dev in (("torchio", tio_, torch.device("cpu")), ("monai", monai_, device)):
-            has = obj is not None and name in obj.transforms
-            t = timed(lambda obj=obj, name=name: obj.run(name), args.repeats, dev) if has else None
-            row[f"{lib}_ms"] = None if t is None else t["median"]
-            row[f"{lib}_min_ms"] = None if t is None else t["min"]
-        row["torchio_over_ours"] = ratio(row["torchio_ms"], row["ours_ms"])
-        row["monai_over_ours"] = ratio(row["monai_ms"], row["ours_ms"])
-        row["torchio_over_ours_min"] = ratio(row["torchio_min_ms"], row["ours_min_ms"])
-        row["monai_over_ours_min"] = ratio(row["monai_min_ms"], row["ours_min_ms"])
+        theirs = {
+            lib: (
+                (lambda obj=obj, name=name: obj.run(name))
+                if obj is not None and name in obj.transforms
+                else None,
+                dev,
+            )
+            for lib, obj, dev in (("torchio", tio_, torch.device("cpu")), ("monai", monai_, device))
+        }
+        row = {"severity": cfg[name][0], "spec": cfg[name][1]}
+        row.update(timing_row(lambda name=name: ours.run(name), theirs, args.repeats, device))
         row.update(check[name])
         results[name] = row
 

@@ -42,8 +42,12 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bench.bench_perturbations import as_cpu, ratio, timed  # noqa: E402
-from bench.common import set_up  # noqa: E402
+from bench.bench_perturbations import as_cpu  # noqa: E402
+from bench.common import (  # noqa: E402
+    ratio,
+    set_up,  # noqa: E402
+    timed,
+)
 from perturbations import PERTURBATIONS, params_to_dict  # noqa: E402
 from perturbations.mri_bias import bias_coefficients  # noqa: E402
 from perturbations.mri_kspace import spike_positions  # noqa: E402

@@ -32,40 +32,24 @@ sys.path.insert(0, os.path.dirname(_HERE))
 import argparse  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
 from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bench.common import base_parser, random_volume, report_header, set_up  # noqa: E402
+from bench.common import (  # noqa: E402
+    base_parser,
+    library_versions,
+    random_volume,
+    report_header,
+    set_up,
+    timing_row,
+)
 from perturbations import PERTURBATIONS  # noqa: E402
 from perturbations.blur import FWHM_PER_SIGMA, kernel_radius  # noqa: E402
 
 PARITY_ATOL = 1e-4
 SEED = 0
-
-
-def timed(fn: Callable[[], object], repeats: int, device: torch.device) -> dict[str, float]:
-    """Median and min wall time in ms over ``repeats`` calls, after one warm-up call."""
-    cuda = device.type == "cuda"
-    fn()
-    times = []
-    for _ in range(repeats):
-        if cuda:
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if cuda:
-            torch.cuda.synchronize(device)
-        times.append((time.perf_counter() - start) * 1000.0)
-    return {"median": statistics.median(times), "min": min(times)}
-
-
-def ratio(theirs: float | None, ours: float) -> float | None:
-    return None if theirs is None else theirs / ours
 
 
 class Ours:
@@ -193,24 +177,16 @@ def main() -> None:
     tio_ = load(TorchIO, x, spacing, std_hu, sigma_mm)
     monai_ = load(Monai, x, spacing, std_hu, sigma_mm)
 
-    libraries: dict[str, Any] = {}
-    for lib, obj, where in (("torchio", tio_, "cpu"), ("monai", monai_, str(device))):
-        if obj is None:
-            libraries[lib] = {"available": False}
-        else:
-            libraries[lib] = {"available": True, "version": obj.version, "device": where}
+    libraries = library_versions(tio_, monai_, device)
 
     check = checks(ours, tio_, monai_, x)
     results: dict[str, Any] = {}
     for name in ("ct_dose", "gaussian_blur"):
-        t_ours = timed(getattr(ours, name), args.repeats, device)
-        row: dict[str, Any] = {"ours_ms": t_ours["median"], "ours_min_ms": t_ours["min"]}
-        for lib, obj, dev in (("torchio", tio_, torch.device("cpu")), ("monai", monai_, device)):
-            t = None if obj is None else timed(getattr(obj, name), args.repeats, dev)
-            row[f"{lib}_ms"] = None if t is None else t["median"]
-            row[f"{lib}_min_ms"] = None if t is None else t["min"]
-        row["torchio_over_ours"] = ratio(row["torchio_ms"], row["ours_ms"])
-        row["monai_over_ours"] = ratio(row["monai_ms"], row["ours_ms"])
+        theirs = {
+            "torchio": (None if tio_ is None else getattr(tio_, name), torch.device("cpu")),
+            "monai": (None if monai_ is None else getattr(monai_, name), device),
+        }
+        row = timing_row(getattr(ours, name), theirs, args.repeats, device)
         row.update(check[name])
         results[name] = row
 

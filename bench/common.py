@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -49,3 +53,54 @@ def random_volume(args: argparse.Namespace, device: torch.device, seed: int = 0)
     gen = torch.Generator().manual_seed(seed)
     shape = (args.batch, 1, args.size, args.size, args.size)
     return (torch.randn(shape, generator=gen, dtype=torch.float32) * 100.0).to(device)
+
+
+def timed(fn: Callable[[], object], repeats: int, device: torch.device) -> dict[str, float]:
+    """Median and min wall time in ms over ``repeats`` calls, after one warm-up call."""
+    cuda = device.type == "cuda"
+    fn()
+    times = []
+    for _ in range(repeats):
+        if cuda:
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if cuda:
+            torch.cuda.synchronize(device)
+        times.append((time.perf_counter() - start) * 1000.0)
+    return {"median": statistics.median(times), "min": min(times)}
+
+
+def ratio(theirs: float | None, ours: float) -> float | None:
+    """``theirs / ours`` (> 1: ours is faster), ``None`` when the other library has no equivalent."""
+    return None if theirs is None else theirs / ours
+
+
+def timing_row(
+    ours: Callable[[], object],
+    theirs: dict[str, tuple[Callable[[], object] | None, torch.device]],
+    repeats: int,
+    device: torch.device,
+) -> dict[str, Any]:
+    """Times of ours and of each library's equivalent (``None``: none), with ratios of medians and minima."""
+    t = timed(ours, repeats, device)
+    row: dict[str, Any] = {"ours_ms": t["median"], "ours_min_ms": t["min"]}
+    for lib, (fn, dev) in theirs.items():
+        their = None if fn is None else timed(fn, repeats, dev)
+        row[f"{lib}_ms"] = None if their is None else their["median"]
+        row[f"{lib}_min_ms"] = None if their is None else their["min"]
+        row[f"{lib}_over_ours"] = ratio(row[f"{lib}_ms"], row["ours_ms"])
+        row[f"{lib}_over_ours_min"] = ratio(row[f"{lib}_min_ms"], row["ours_min_ms"])
+    return row
+
+
+def library_versions(torchio_runner: Any, monai_runner: Any, device: torch.device) -> dict[str, Any]:
+    """Which comparison libraries ran, their versions and devices (TorchIO always on the CPU)."""
+    out: dict[str, Any] = {}
+    for lib, obj, where in (("torchio", torchio_runner, "cpu"), ("monai", monai_runner, str(device))):
+        out[lib] = (
+            {"available": False}
+            if obj is None
+            else {"available": True, "version": obj.version, "device": where}
+        )
+    return out
