@@ -30,7 +30,7 @@ from reportlab.platypus import (
     TableStyle,
 )
 
-from evidence.figures import robustness_curve
+from evidence.figures import robustness_curve, robustness_grid
 from stress.gate import evaluate_gate
 from stress.rundata import RunData, load_run
 from stress.store import write_atomic
@@ -96,23 +96,28 @@ def _scenario_section(run: RunData) -> list[Any]:
     ]
     story.append(_table(["item", "value"], rows, [40 * mm, 130 * mm]))
     story.append(Spacer(1, 4 * mm))
-    sweeps = run.results.drop_duplicates(["perturbation"])[["perturbation", "severity_name", "severity_unit"]]
+    first = run.results.drop_duplicates("sweep").set_index("sweep")
     prow = []
     for p in sc.perturbations:
-        info = sweeps[sweeps["perturbation"] == p.name].iloc[0]
-        prow.append(
-            [
-                p.name,
-                f"{info['severity_name']} [{info['severity_unit']}]",
-                ", ".join(f"{s:g}" for s in p.severities),
-                json.dumps(p.params, sort_keys=True),
-            ]
-        )
+        info = first.loc[p.sweep_id]
+        axes = [(p.name, "", p.severities, p.params)]
+        if p.grid is not None:
+            axes.append((p.grid.name, "_2", p.grid.severities, p.grid.params))
+        for k, (name, suffix, severities, params) in enumerate(axes):
+            prow.append(
+                [
+                    p.sweep_id if k == 0 else "",
+                    name,
+                    f"{info['severity' + suffix + '_name']} [{info['severity' + suffix + '_unit']}]",
+                    ", ".join(f"{s:g}" for s in severities),
+                    json.dumps(params, sort_keys=True),
+                ]
+            )
     story.append(
         _table(
-            ["perturbation", "severity [unit]", "severities", "parameters"],
+            ["sweep", "perturbation", "severity [unit]", "severities", "parameters"],
             prow,
-            [30 * mm, 50 * mm, 45 * mm, 45 * mm],
+            [30 * mm, 26 * mm, 44 * mm, 34 * mm, 36 * mm],
         )
     )
     story.append(Spacer(1, 4 * mm))
@@ -162,15 +167,31 @@ def _curves_section(run: RunData, fig_dir: Path) -> list[Any]:
     metric = "auc" if "auc" in run.scenario.metrics else run.scenario.metrics[0]
     figures = []
     for p in run.scenario.perturbations:
-        png = robustness_curve(run.metrics, p.name, metric, fig_dir / f"robustness_{p.name}_{metric}.png")
-        figures.append(Image(str(png), width=150 * mm, height=90 * mm))
+        stem = p.sweep_id.replace(" x ", "_x_")
+        if p.grid is None:
+            png = robustness_curve(run.metrics, p.sweep_id, metric, fig_dir / f"robustness_{stem}_{metric}.png")
+            figures.append(Image(str(png), width=150 * mm, height=90 * mm))
+        else:
+            png = robustness_grid(run.metrics, p.sweep_id, metric, fig_dir / f"robustness_{stem}_{metric}.png")
+            n_models = len(run.scenario.models)
+            figures.append(Image(str(png), width=min(170, 60 * n_models) * mm, height=60 * mm))
     # The heading stays on the page of the first figure.
     return [KeepTogether([Paragraph("3. Robustness curves", _STYLES["Heading2"]), figures[0]]), *figures[1:]]
 
 
+POINT_KEYS = ["sweep", "severity", "severity_2", "model"]
+
+
+def _point(row: pd.Series) -> str:
+    """A sweep point's severities: ``0.25`` for a 1-D sweep, ``0.25 x 4`` for a grid."""
+    if row["perturbation_2"]:
+        return f"{row['severity']:g} x {row['severity_2']:g}"
+    return f"{row['severity']:g}"
+
+
 def _metrics_section(run: RunData) -> list[Any]:
     story: list[Any] = [
-        Paragraph("4. Performance by model, perturbation and severity (overall)", _STYLES["Heading2"])
+        Paragraph("4. Performance by model, sweep and severity (overall)", _STYLES["Heading2"])
     ]
     m = run.metrics
     level = int(round(100 * m["ci_level"].iloc[0]))
@@ -182,20 +203,12 @@ def _metrics_section(run: RunData) -> list[Any]:
         )
     )
     overall = m[m["subgroup"] == "all"]
-    wide = overall.pivot_table(
-        index=["perturbation", "severity", "model"], columns="metric", values="estimate", aggfunc="first"
-    ).index
     metrics = run.scenario.metrics
     rows = []
-    for pert, sev, model in wide:
-        cells = overall[
-            (overall["perturbation"] == pert) & (overall["severity"] == sev) & (overall["model"] == model)
-        ]
+    for key, cells in overall.groupby(POINT_KEYS, sort=True, dropna=False):
         by_metric = {r["metric"]: fmt_ci(r) for _, r in cells.iterrows()}
-        rows.append([pert, f"{sev:g}", model, *[by_metric.get(k, "-") for k in metrics]])
-    story.append(
-        _table(["perturbation", "severity", "model", *metrics], rows, _widths([28, 16, 16], metrics))
-    )
+        rows.append([key[0], _point(cells.iloc[0]), key[-1], *[by_metric.get(k, "-") for k in metrics]])
+    story.append(_table(["sweep", "severity", "model", *metrics], rows, _widths([30, 22, 14], metrics)))
     story.append(PageBreak())
     story.append(Paragraph("5. Subgroup performance", _STYLES["Heading2"]))
     story.append(
@@ -207,21 +220,21 @@ def _metrics_section(run: RunData) -> list[Any]:
     )
     sub = m[m["subgroup"] != "all"]
     rows = []
-    for key, g in sub.groupby(["perturbation", "severity", "model", "subgroup", "level"], sort=True):
+    for key, g in sub.groupby([*POINT_KEYS, "subgroup", "level"], sort=True, dropna=False):
         by_metric = {r["metric"]: fmt_ci(r) for _, r in g.iterrows()}
         first = g.iloc[0]
         rows.append(
             [
                 key[0],
-                f"{key[1]:g}",
-                key[2],
-                f"{key[3]}={key[4]}",
+                _point(first),
+                key[3],
+                f"{key[4]}={key[5]}",
                 f"{first['n_cases']} ({first['n_positive']}/{first['n_negative']})",
                 *[by_metric.get(k, "-") for k in metrics],
             ]
         )
-    widths = _widths([22, 15, 13, 29, 16], metrics)
-    story.append(_table(["perturbation", "severity", "model", "subgroup", "n", *metrics], rows, widths))
+    widths = _widths([24, 18, 12, 27, 16], metrics)
+    story.append(_table(["sweep", "severity", "model", "subgroup", "n", *metrics], rows, widths))
     return story
 
 

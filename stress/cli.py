@@ -85,7 +85,8 @@ def list_(
                 _row(table, name, g.modality, _fields(g.spec), attrs)
         elif k is Kind.perturbations:
             for col in ("name", "severity [unit]", "range", "nominal", "parameters (defaults)"):
-                table.add_column(escape(col))
+                # Room for a name and a short unit on one line; longer units and parameters wrap.
+                table.add_column(escape(col), min_width={"name": 22, "severity [unit]": 44}.get(col))
             for name, p in PERTURBATIONS.items():
                 s = p.severity
                 rng = f"{'[' if s.low_inclusive else '('}{s.low:g}, {s.high:g}]; {s.harsher} is harsher"

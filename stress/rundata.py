@@ -11,7 +11,7 @@ import pandas as pd
 from stress.errors import ScenarioError, StressError
 from stress.scenario.loader import parse_scenario
 from stress.scenario.schema import Scenario
-from stress.store import RunStore, sha256_path
+from stress.store import FORMAT, RunStore, sha256_path
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,11 @@ def load_run(root: str | Path, verify: bool = True) -> RunData:
     """Load a complete run directory; with ``verify``, check every output against its manifest hash."""
     store = RunStore(root)
     manifest = store.read_manifest()
+    if manifest.get("format") != FORMAT:
+        raise StressError(
+            f"{store.manifest_path}: run format {manifest.get('format')!r} is not readable by this version "
+            f"(expected {FORMAT}); run the scenario again with `stress run` into a new directory"
+        )
     if manifest.get("status") != "complete":
         raise StressError(
             f"{store.root}: the run is not complete (status {manifest.get('status')!r}); run the same "

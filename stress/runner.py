@@ -48,26 +48,51 @@ def case_id(index: int) -> str:
     return f"case-{index:06d}"
 
 
-def chains(sc: Scenario) -> Iterator[tuple[str, float, list[Step]]]:
-    """(swept perturbation, severity, full chain) for every sweep point.
+@dataclass(frozen=True, slots=True)
+class SweepPoint:
+    """One point of a sweep: its id, the swept steps (one, or two for a grid) and the full chain."""
 
-    The chain is the baseline with the swept perturbation replacing a baseline step of the same
-    name in place, or appended after the baseline.
+    sweep: str
+    swept: tuple[Step, ...]
+    chain: list[Step]
+
+    def columns(self) -> dict[str, Any]:
+        """The result columns naming the point: ``perturbation``/``severity`` and, for a grid, ``*_2``."""
+        cols: dict[str, Any] = {"sweep": self.sweep}
+        for suffix, step in zip(("", "_2"), (*self.swept, None), strict=False):
+            sev = PERTURBATIONS.get(step.name).severity if step is not None else None
+            cols[f"perturbation{suffix}"] = step.name if step is not None else ""
+            cols[f"severity{suffix}_name"] = sev.name if sev is not None else ""
+            cols[f"severity{suffix}_unit"] = sev.unit if sev is not None else ""
+            cols[f"severity{suffix}"] = float(step.severity) if step is not None else math.nan
+        return cols
+
+
+def _step(name: str, severity: float, params: dict[str, Any]) -> Step:
+    return Step(name, severity, PERTURBATIONS.get(name).spec.model_validate(params))
+
+
+def chains(sc: Scenario) -> Iterator[SweepPoint]:
+    """Every sweep point (every severity pair for a grid) with its full chain.
+
+    The chain is the baseline with each swept perturbation replacing a baseline step of the same
+    name in place, or appended after the baseline (a grid's first family before its second).
     """
     for sweep in sc.perturbations:
-        pert = PERTURBATIONS.get(sweep.name)
+        second = [(sweep.grid.name, s, sweep.grid.params) for s in sweep.grid.severities] if sweep.grid else [None]
         for severity in sweep.severities:
-            swept = Step(sweep.name, severity, pert.spec.model_validate(sweep.params))
-            chain = [
-                Step(b.name, b.severity, PERTURBATIONS.get(b.name).spec.model_validate(b.params))
-                for b in sc.baseline
-            ]
-            names = [s.name for s in chain]
-            if sweep.name in names:
-                chain[names.index(sweep.name)] = swept
-            else:
-                chain.append(swept)
-            yield sweep.name, severity, chain
+            for other in second:
+                swept = (_step(sweep.name, severity, sweep.params),)
+                if other is not None:
+                    swept += (_step(*other),)
+                chain = [_step(b.name, b.severity, b.params) for b in sc.baseline]
+                for step in swept:
+                    names = [s.name for s in chain]
+                    if step.name in names:
+                        chain[names.index(step.name)] = step
+                    else:
+                        chain.append(step)
+                yield SweepPoint(sweep.sweep_id, swept, chain)
 
 
 def sample_chain(sc: Scenario, chain: list[Step], batch: CaseBatch) -> list[AppliedPerturbation]:
@@ -152,12 +177,12 @@ def run_chunk(
             raise StressError(f"phantom.params: cases {cases}: {exc}") from None
         ids = [case_id(i) for i in indices]
         case_cols = [_case_columns(batch, b) for b in range(len(indices))]
-        for name, severity, chain in sweeps:
-            steps = sample_chain(sc, chain, batch)
+        for point in sweeps:
+            steps = sample_chain(sc, point.chain, batch)
             image = apply_chain(batch.image, batch.spacing_mm, steps)
             truth = _truth_after(batch, steps)
             told = _spacing_told(batch, steps, ids)
-            sev = PERTURBATIONS.get(name).severity
+            point_cols = point.columns()
             records = [json.dumps([s.record(b) for s in steps], sort_keys=True) for b in range(len(indices))]
             for model in models:
                 # A copy per model: a model that normalises its input in place must not change the next one's.
@@ -168,10 +193,7 @@ def run_chunk(
                             **case_cols[b],
                             **truth[b],
                             "chunk": chunk,
-                            "perturbation": name,
-                            "severity_name": sev.name,
-                            "severity_unit": sev.unit,
-                            "severity": float(severity),
+                            **point_cols,
                             "params_json": records[b],
                             "model": model.name,
                             "model_role": model.role,

@@ -3,7 +3,7 @@
     DIR/manifest.json                 scenario text + hash, seed, device, software versions, model
                                       fingerprints (SHA-256 of weights), SHA-256 of every output
     DIR/results.parquet/part-NNNNN.parquet
-                                      one row per case x perturbation x severity x model, one part
+                                      one row per case x sweep point x model, one part
                                       file per chunk of cases (a Parquet dataset directory)
     DIR/metrics.parquet               statistics computed from the results
 
@@ -27,7 +27,7 @@ import pandas as pd
 
 from stress.errors import StressError
 
-FORMAT = "phantom-stress/run/1"
+FORMAT = "phantom-stress/run/2"  # 2: sweep and *_2 columns (two-family grid sweeps)
 MANIFEST = "manifest.json"
 RESULTS = "results.parquet"
 METRICS = "metrics.parquet"

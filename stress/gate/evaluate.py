@@ -9,10 +9,10 @@ from typing import Any
 
 import pandas as pd
 
-from stress.gate.rules import parse_rule
+from stress.gate.rules import Rule, parse_rule
 from stress.scenario.schema import GateCriterion, Scenario
 
-CELL_KEYS = ["model", "perturbation", "severity", "subgroup", "level"]
+CELL_KEYS = ["model", "sweep", "perturbation", "severity", "perturbation_2", "severity_2", "subgroup", "level"]
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class CriterionVerdict:
         rule: the rule text.
         statistic: which statistic was compared (``estimate``, ``ci_low`` or ``ci_high``).
         passed: every selected cell satisfies the rule, and at least one cell was selected.
-        n_cells: number of (model, perturbation, severity, subgroup) cells checked.
+        n_cells: number of (model, sweep point, subgroup) cells checked.
         failures: the failing cells, worst first (each with its value).
         worst: the cell closest to failing (or the worst failing one).
         reason: a sentence for humans.
@@ -46,9 +46,8 @@ def _select(metrics: pd.DataFrame, crit: GateCriterion, sc: Scenario) -> pd.Data
         crit.models or [m.name for m in sc.models if m.role == "candidate"] or [m.name for m in sc.models]
     )
     sel = metrics[(metrics["metric"] == rule.metric) & metrics["model"].isin(models)]
-    if rule.sweep is not None:
-        sel = sel[(sel["perturbation"] == rule.sweep) | (sel["severity_name"] == rule.sweep)]
-        sel = sel[sel["severity"].map(rule.selects_severity)]
+    if rule.conditions:
+        sel = sel[[_point_selected(rule, row) for row in sel.itertuples(index=False)]]
     if rule.scope == "overall":
         sel = sel[sel["subgroup"] == "all"]
     elif rule.scope.startswith("every:"):
@@ -57,6 +56,22 @@ def _select(metrics: pd.DataFrame, crit: GateCriterion, sc: Scenario) -> pd.Data
         attr, level = rule.scope.split("=", 1)
         sel = sel[(sel["subgroup"] == attr) & (sel["level"] == level)]
     return sel
+
+
+def _point_selected(rule: Rule, row: Any) -> bool:
+    """Whether a sweep point has exactly the axes the rule's conditions name, each within its bound."""
+    axes = [(row.perturbation, row.severity_name, row.severity)]
+    if row.perturbation_2:
+        axes.append((row.perturbation_2, row.severity_2_name, row.severity_2))
+    if len(axes) != len(rule.conditions):
+        return False
+    unused = list(axes)
+    for cond in rule.conditions:
+        match = next((a for a in unused if cond.sweep in (a[0], a[1])), None)
+        if match is None or not cond.holds(float(match[2])):
+            return False
+        unused.remove(match)
+    return True
 
 
 def evaluate_criterion(metrics: pd.DataFrame, crit: GateCriterion, sc: Scenario) -> CriterionVerdict:
@@ -94,7 +109,10 @@ def evaluate_criterion(metrics: pd.DataFrame, crit: GateCriterion, sc: Scenario)
 
 def _describe(cell: dict[str, Any]) -> str:
     group = "overall" if cell["subgroup"] == "all" else f"{cell['subgroup']}={cell['level']}"
-    return f"{cell['model']}, {cell['perturbation']}={cell['severity']:g}, {group}"
+    point = f"{cell['perturbation']}={cell['severity']:g}"
+    if cell.get("perturbation_2"):
+        point += f", {cell['perturbation_2']}={cell['severity_2']:g}"
+    return f"{cell['model']}, {point}, {group}"
 
 
 def evaluate_gate(metrics: pd.DataFrame, sc: Scenario) -> list[CriterionVerdict]:

@@ -159,21 +159,25 @@ def _semantic_problems(sc: Scenario, file: str, positions: dict, check_imports: 
                     ("statistics", "subgroups", i),
                     unknown_name_message("subgroup attribute", name, attributes),
                 )
-    sweeps = [("baseline", i, s.name, [s.severity], s.params) for i, s in enumerate(sc.baseline)]
-    sweeps += [("perturbations", i, p.name, p.severities, p.params) for i, p in enumerate(sc.perturbations)]
-    for section, i, name, severities, params in sweeps:
+    # (location of the entry, name, severities with their locations, params)
+    entries = [(("baseline", i), s.name, [(s.severity, ("severity",))], s.params) for i, s in enumerate(sc.baseline)]
+    for i, p in enumerate(sc.perturbations):
+        entries.append(
+            (("perturbations", i), p.name, [(v, ("severities", j)) for j, v in enumerate(p.severities)], p.params)
+        )
+        if p.grid is not None:
+            grid_sev = [(v, ("severities", j)) for j, v in enumerate(p.grid.severities)]
+            entries.append((("perturbations", i, "grid"), p.grid.name, grid_sev, p.grid.params))
+    for where, name, severities, params in entries:
         if name not in PERTURBATIONS:
-            add((section, i, "name"), unknown_name_message("perturbation", name, PERTURBATIONS))
+            add((*where, "name"), unknown_name_message("perturbation", name, PERTURBATIONS))
             continue
         pert = PERTURBATIONS.get(name)
-        _check_params(pert.spec, params, (section, i, "params"), file, positions, out)
-        for j, value in enumerate(severities):
+        _check_params(pert.spec, params, (*where, "params"), file, positions, out)
+        for value, loc in severities:
             msg = pert.severity.check(value)
             if msg:
-                loc = (
-                    (section, i, "severities", j) if section == "perturbations" else (section, i, "severity")
-                )
-                add(loc, msg)
+                add((*where, *loc), msg)
     repeats = (
         (
             [b.name for b in sc.baseline],
@@ -188,10 +192,10 @@ def _semantic_problems(sc: Scenario, file: str, positions: dict, check_imports: 
             "each attribute once",
         ),
         (
-            [p.name for p in sc.perturbations],
+            [p.sweep_id for p in sc.perturbations],
             lambda i: ("perturbations", i, "name"),
-            "perturbation",
-            "one sweep each; merge the severity lists",
+            "sweep",
+            "one sweep per perturbation or pair; merge the severity lists",
         ),
         ([m.name for m in sc.models], lambda i: ("models", i, "name"), "model name", "unique names"),
         ([c.id for c in sc.gate], lambda i: ("gate", i, "id"), "criterion id", "unique ids"),
@@ -220,11 +224,26 @@ def _semantic_problems(sc: Scenario, file: str, positions: dict, check_imports: 
     return out
 
 
+def _with_aliases(names: list[str]) -> set[str]:
+    """Perturbation names together with their severity quantities' names."""
+    return set(names) | {PERTURBATIONS.get(n).severity.name for n in names if n in PERTURBATIONS}
+
+
+def _names_a_grid(sc: Scenario, names: list[str]) -> bool:
+    """Whether ``names`` (perturbation or severity names) are the two families of one grid sweep."""
+    for p in sc.perturbations:
+        if p.grid is None:
+            continue
+        a, b = _with_aliases([p.name]), _with_aliases([p.grid.name])
+        if (names[0] in a and names[1] in b) or (names[0] in b and names[1] in a):
+            return True
+    return False
+
+
 def _gate_problems(sc: Scenario, attributes: dict, add) -> None:
-    sweep_names = {p.name for p in sc.perturbations}
-    sweep_names |= {
-        PERTURBATIONS.get(p.name).severity.name for p in sc.perturbations if p.name in PERTURBATIONS
-    }
+    sweep_names = _with_aliases(
+        [p.name for p in sc.perturbations] + [p.grid.name for p in sc.perturbations if p.grid]
+    )
     for i, crit in enumerate(sc.gate):
         try:
             rule = parse_rule(crit.rule)
@@ -237,9 +256,25 @@ def _gate_problems(sc: Scenario, attributes: dict, add) -> None:
                 f"metric '{rule.metric}' is not computed by this scenario"
                 f"{did_you_mean(rule.metric, sc.metrics)} (expected one of metrics: {', '.join(sc.metrics)})",
             )
-        if rule.sweep is not None and rule.sweep not in sweep_names:
+        for cond in rule.conditions:
+            if cond.sweep not in sweep_names:
+                add(
+                    ("gate", i, "rule"),
+                    unknown_name_message("perturbation or severity", cond.sweep, sweep_names),
+                )
+        one_d = [p.name for p in sc.perturbations if p.grid is None]
+        if len(rule.conditions) == 1 and rule.conditions[0].sweep in sweep_names - _with_aliases(one_d):
             add(
-                ("gate", i, "rule"), unknown_name_message("perturbation or severity", rule.sweep, sweep_names)
+                ("gate", i, "rule"),
+                f"'{rule.conditions[0].sweep}' is swept only inside a grid (expected a 1-D sweep of it, or "
+                "a condition on each family of the grid: 'for A OP X and B OP Y')",
+            )
+        if len(rule.conditions) == 2 and not _names_a_grid(sc, [c.sweep for c in rule.conditions]):
+            grids = [p.sweep_id for p in sc.perturbations if p.grid] or ["none"]
+            add(
+                ("gate", i, "rule"),
+                f"'for ... and ...' names {rule.conditions[0].sweep} and {rule.conditions[1].sweep}, which are "
+                f"not the two families of one grid sweep (expected a grid of this scenario: {', '.join(grids)})",
             )
         scope_attr = rule.scope.split(":")[-1].split("=")[0]
         if rule.scope not in ("overall", "every") and scope_attr not in sc.statistics.subgroups:

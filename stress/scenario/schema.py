@@ -34,19 +34,54 @@ class BaselineStep(_Model):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
-class PerturbationSweep(_Model):
-    """One perturbation swept over severities in its physical unit (see ``stress list perturbations``)."""
+def _distinct(v: list[float]) -> list[float]:
+    if len(set(v)) != len(v):
+        raise ValueError(f"severities repeat a value (expected distinct values, got {v})")
+    return v
+
+
+class GridAxis(_Model):
+    """The second family of a two-family grid sweep: every severity pair of the two is evaluated."""
 
     name: str
     severities: list[float] = Field(min_length=1)
     params: dict[str, Any] = Field(default_factory=dict)
 
-    @field_validator("severities")
-    @classmethod
-    def _unique(cls, v: list[float]) -> list[float]:
-        if len(set(v)) != len(v):
-            raise ValueError(f"severities repeat a value (expected distinct values, got {v})")
-        return v
+    _unique = field_validator("severities")(_distinct)
+
+
+class PerturbationSweep(_Model):
+    """One perturbation swept over severities in its physical unit (see ``stress list perturbations``).
+
+    With ``grid``, the sweep is two-dimensional: every severity of ``name`` combined with every
+    severity of ``grid.name`` (both applied in one chain, ``name`` first).
+    """
+
+    name: str
+    severities: list[float] = Field(min_length=1)
+    params: dict[str, Any] = Field(default_factory=dict)
+    grid: GridAxis | None = None
+
+    _unique = field_validator("severities")(_distinct)
+
+    @model_validator(mode="after")
+    def _two_families(self) -> PerturbationSweep:
+        if self.grid is not None and self.grid.name == self.name:
+            raise ValueError(
+                f"grid.name '{self.name}' repeats the sweep's own perturbation "
+                "(expected a second, different perturbation)"
+            )
+        return self
+
+    @property
+    def sweep_id(self) -> str:
+        """``name`` for a 1-D sweep, ``"name x grid.name"`` for a grid."""
+        return self.name if self.grid is None else f"{self.name} x {self.grid.name}"
+
+    @property
+    def n_points(self) -> int:
+        """Number of severity points (pairs for a grid)."""
+        return len(self.severities) * (1 if self.grid is None else len(self.grid.severities))
 
 
 class ModelSection(_Model):
@@ -118,13 +153,13 @@ class Scenario(_Model):
     execution: ExecutionSection = Field(default_factory=ExecutionSection)
 
     def n_evaluations(self) -> int:
-        """Cases x (sum of severities over perturbations) x models."""
-        return self.phantom.n_cases * sum(len(p.severities) for p in self.perturbations) * len(self.models)
+        """Cases x (severity points over all sweeps) x models."""
+        return self.phantom.n_cases * sum(p.n_points for p in self.perturbations) * len(self.models)
 
     def summary(self) -> str:
         """One line: cases x perturbations (severities) x models = N evaluations."""
-        n_sev = sum(len(p.severities) for p in self.perturbations)
+        n_sev = sum(p.n_points for p in self.perturbations)
         return (
-            f"{self.name}: {self.phantom.n_cases} cases x {len(self.perturbations)} perturbations "
-            f"({n_sev} severities) x {len(self.models)} models = {self.n_evaluations()} evaluations"
+            f"{self.name}: {self.phantom.n_cases} cases x {len(self.perturbations)} sweeps "
+            f"({n_sev} severity points) x {len(self.models)} models = {self.n_evaluations()} evaluations"
         )

@@ -1,4 +1,4 @@
-"""The metrics table: every metric per model x perturbation x severity x subgroup, with bootstrap CIs.
+"""The metrics table: every metric per model x sweep point x subgroup, with bootstrap CIs.
 
 Subgroups are the overall population (``subgroup == "all"``) and each level of each attribute in
 ``statistics.subgroups``. For lesion-level attributes (e.g. lesion size), a subgroup holds the
@@ -23,7 +23,19 @@ from stress.stats.bootstrap import bootstrap_counts, percentile_ci
 from stress.stats.metrics import METRICS
 
 STREAM_BOOTSTRAP = 3
-GROUP_KEYS = ["model", "model_role", "perturbation", "severity_name", "severity_unit", "severity"]
+GROUP_KEYS = [
+    "model",
+    "model_role",
+    "sweep",
+    "perturbation",
+    "severity_name",
+    "severity_unit",
+    "severity",
+    "perturbation_2",
+    "severity_2_name",
+    "severity_2_unit",
+    "severity_2",
+]
 
 
 def _subgroups(cases: pd.DataFrame, scenario: Scenario) -> Iterator[tuple[str, str, np.ndarray]]:
@@ -49,7 +61,8 @@ def compute_metrics_table(results: pd.DataFrame, scenario: Scenario) -> pd.DataF
     thresholds = {m.name: m.threshold for m in scenario.models}
     subgroups = list(_subgroups(cases, scenario))
     rows = []
-    for key, group in results.groupby(GROUP_KEYS, sort=True):
+    # dropna=False: ``severity_2`` is NaN for the cells of 1-D sweeps.
+    for key, group in results.groupby(GROUP_KEYS, sort=True, dropna=False):
         group = group.set_index("case_index").reindex(case_index)
         if group["score"].isna().any():
             raise StressError(
