@@ -87,17 +87,31 @@ def _chunks(n_views: int, per_view: int) -> list[slice]:
     return [slice(a, min(a + step, n_views)) for a in range(0, n_views, step)]
 
 
-def project(slices: Tensor, g: _Geometry) -> Tensor:
-    """Parallel-beam line integrals ``(S, A, L)`` (units of the values times mm) of ``slices (S, H, W)``."""
-    s, t = g.bins.view(1, 1, -1), g.bins.view(1, -1, 1)  # detector bin along L, ray step along M
+def project(
+    slices: Tensor, g: _Geometry, angles: Tensor | None = None, shift_mm: Tensor | None = None
+) -> Tensor:
+    """Parallel-beam line integrals ``(S, A, L)`` (units of the values times mm) of ``slices (S, H, W)``.
+
+    By default every slice is seen at the views ``g.angles``. ``angles`` ``(G, A)`` (rad) and ``shift_mm``
+    ``(G, A)`` (mm, optional) give each of ``G`` equal runs of consecutive slices its own views: view ``a``
+    of group ``k`` integrates along the rays of detector position ``s - shift_mm[k, a]`` at angle
+    ``angles[k, a]`` (a rigidly moving object, :mod:`perturbations.ct_rigid_motion`).
+    """
+    views = g.angles.view(1, -1) if angles is None else angles
+    groups = views.shape[0]
+    per_group = slices.view(groups, -1, *slices.shape[1:])  # (G, S / G, H, W)
+    s, t = g.bins.view(1, 1, 1, -1), g.bins.view(1, 1, -1, 1)  # detector bin along L, ray step along M
     out = []
-    for view in _chunks(len(g.angles), slices.shape[0] * len(g.bins) ** 2):
-        cos, sin = torch.cos(g.angles[view]).view(-1, 1, 1), torch.sin(g.angles[view]).view(-1, 1, 1)
-        grid = torch.stack(((s * cos - t * sin) / g.x_norm, (s * sin + t * cos) / g.y_norm), dim=-1)
-        image = slices.unsqueeze(0).expand(grid.shape[0], *slices.shape)
-        sampled = F.grid_sample(image, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-        out.append(sampled.sum(dim=2) * g.pitch_mm)  # (Ac, S, L)
-    return torch.cat(out).transpose(0, 1)
+    for view in _chunks(views.shape[1], slices.shape[0] * len(g.bins) ** 2):
+        cos, sin = torch.cos(views[:, view])[..., None, None], torch.sin(views[:, view])[..., None, None]
+        u = s if shift_mm is None else s - shift_mm[:, view, None, None]
+        grid = torch.stack(((u * cos - t * sin) / g.x_norm, (u * sin + t * cos) / g.y_norm), dim=-1)
+        image = per_group.unsqueeze(1).expand(-1, cos.shape[1], -1, -1, -1).flatten(0, 1)
+        sampled = F.grid_sample(
+            image, grid.flatten(0, 1), mode="bilinear", padding_mode="zeros", align_corners=True
+        )
+        out.append((sampled.sum(dim=2) * g.pitch_mm).unflatten(0, (groups, -1)))  # (G, Ac, S / G, L)
+    return torch.cat(out, dim=1).transpose(1, 2).reshape(slices.shape[0], views.shape[1], -1)
 
 
 def ramp_filter(sinogram: Tensor, pitch_mm: float) -> Tensor:

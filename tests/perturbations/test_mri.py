@@ -46,7 +46,7 @@ from perturbations.mri_sampling import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-MODULES = ("mri_common", "mri_noise", "mri_bias", "mri_kspace", "mri_sampling", "mri_motion")
+MODULES = ("mri_common", "mri_noise", "mri_bias", "mri_kspace", "mri_sampling", "mri_motion", "mri_contrast")
 NAMES = (
     "mri_rician_noise",
     "mri_bias_field",
@@ -55,6 +55,7 @@ NAMES = (
     "mri_motion",
     "mri_gibbs",
     "mri_undersampling",
+    "mri_contrast_shift",
 )
 # Per perturbation, three specs that differ case to case (mixed axes, orders, counts, patterns in one batch).
 MIXED_SPECS = {
@@ -65,6 +66,11 @@ MIXED_SPECS = {
     "mri_motion": [{"num_transforms": 1}, {"num_transforms": 3}, {"rotation_radius_mm": None}],
     "mri_gibbs": [{"axes": (0, 1, 2)}, {"axes": (1,)}, {"axes": (0, 2)}],
     "mri_undersampling": [{"axis": 2}, {"pattern": "random"}, {"axis": 0, "center_fraction": 0.0}],
+    "mri_contrast_shift": [
+        {},
+        {"parameter": "tr_ms", "field_strength": "1.5T"},
+        {"sequence": "FLAIR", "parameter": "ti_ms"},
+    ],
 }
 SPACING = (1.5, 1.0, 1.2)
 
