@@ -202,6 +202,15 @@ def _metrics_section(run: RunData) -> list[Any]:
             _SMALL,
         )
     )
+    failed = run.results[run.results["error"] != ""]
+    for model, rows in failed.groupby("model", sort=True):
+        story.append(
+            Paragraph(
+                f"Model {model} failed on {len(rows)} of {int((run.results['model'] == model).sum())} evaluations "
+                "(left out of the estimates, counted as n_failed in metrics.parquet; reasons in results.parquet).",
+                _SMALL,
+            )
+        )
     overall = m[m["subgroup"] == "all"]
     metrics = run.scenario.metrics
     rows = []

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -60,6 +60,15 @@ def _fields(spec) -> str:
     return ", ".join(parts) or "-"
 
 
+ADAPTER_EXAMPLES = {
+    "python": "python: module:factory",
+    "torchscript": "torchscript: model.pt",
+    "onnx": "onnx: model.onnx",
+    "monai_bundle": "monai_bundle: bundle_dir",
+    "command": 'command: "exe {input} {output}"',
+}
+
+
 @app.command("list")
 def list_(
     kind: Annotated[Kind | None, typer.Argument(help="what to list (all when omitted)")] = None,
@@ -100,7 +109,7 @@ def list_(
             for col in ("adapter", "scenario key", "loads"):
                 table.add_column(escape(col))
             for name, adapter in ADAPTERS.items():
-                _row(table, name, f"{name}: module:factory", (adapter.__doc__ or "").strip().splitlines()[0])
+                _row(table, name, ADAPTER_EXAMPLES.get(name, f"{name}: ..."), (adapter.__doc__ or "").strip().splitlines()[0])
         out.print(table)
 
 
@@ -128,6 +137,25 @@ def run(
         err.print(f"interrupted: finished chunks are kept in {out_dir}; run the same command again to resume")
         raise typer.Exit(130) from None
     out.print(f"run complete: {store.root / 'manifest.json'}")
+    _warn_model_errors(store.read_results())
+
+
+def _warn_model_errors(results: Any) -> None:
+    """Print, per model, how many evaluations failed and the first reasons (the rows keep all of them)."""
+    failed = results[results["error"] != ""]
+    for model, rows in failed.groupby("model", sort=True):
+        err.print(
+            escape(
+                f"warning: model '{model}' failed on {len(rows)} of {int((results['model'] == model).sum())} "
+                "evaluations (left out of the metrics, counted in n_failed; reasons in the 'error' column of "
+                "results.parquet):"
+            )
+        )
+        for _, r in rows.head(5).iterrows():
+            point = f"{r['perturbation']}={r['severity']:g}"
+            if r["perturbation_2"]:
+                point += f", {r['perturbation_2']}={r['severity_2']:g}"
+            err.print(escape(f"  {r['case_id']} ({point}): {r['error']}"))
 
 
 @app.command()

@@ -153,6 +153,22 @@ def _spacing_told(batch: CaseBatch, steps: list[AppliedPerturbation], ids: list[
         raise StressError(f"cases {ids[0]}..{ids[-1]}: {exc}") from None
 
 
+def _fail_fast(model: LoadedModel, errors: list[str | None], ids: list[str], point: SweepPoint, ok: set[str]) -> None:
+    """Stop the run (exit 2) when a model fails every case before it has succeeded once: it cannot run.
+
+    Once a model has produced one valid output, its failures are recorded per case in the ``error``
+    column and the run goes on (``ok`` holds the names of models that have succeeded).
+    """
+    if not all(errors):
+        ok.add(model.name)
+    elif model.name not in ok:
+        at = ", ".join(f"{s.name}={s.severity:g}" for s in point.swept)
+        raise StressError(
+            f"model '{model.name}': failed on every case of its first batch ({ids[0]}..{ids[-1]}, {at}): "
+            f"{errors[0]}"
+        )
+
+
 def run_chunk(
     sc: Scenario,
     chunk: int,
@@ -160,8 +176,10 @@ def run_chunk(
     device: torch.device,
     progress: Progress | None = None,
     task: Any = None,
+    healthy: set[str] | None = None,
 ) -> pd.DataFrame:
-    """All rows of one chunk of cases."""
+    """All rows of one chunk of cases (``healthy``: models that have produced a valid output so far)."""
+    healthy = set() if healthy is None else healthy
     gen = PHANTOMS.get(sc.phantom.generator)
     spec = phantom_spec(sc)
     start = chunk * sc.execution.chunk_cases
@@ -186,8 +204,9 @@ def run_chunk(
             records = [json.dumps([s.record(b) for s in steps], sort_keys=True) for b in range(len(indices))]
             for model in models:
                 # A copy per model: a model that normalises its input in place must not change the next one's.
-                scores = model.predict(image.clone(), told, ids).tolist()
-                for b, score in enumerate(scores):
+                scores, errors = model.predict(image.clone(), told, ids)
+                _fail_fast(model, errors, ids, point, healthy)
+                for b, score in enumerate(scores.tolist()):
                     rows.append(
                         {
                             **case_cols[b],
@@ -198,6 +217,7 @@ def run_chunk(
                             "model": model.name,
                             "model_role": model.role,
                             "score": float(score),
+                            "error": errors[b] or "",
                         }
                     )
                 if progress is not None:
@@ -240,7 +260,7 @@ def run_scenario(
     sc = loaded.scenario
     device = resolve_device(device_name)
     store = RunStore(out)
-    models = [load_model(m, device, i) for i, m in enumerate(sc.models)]
+    models = [load_model(m, device, i, Path(loaded.path).parent) for i, m in enumerate(sc.models)]
     manifest: dict[str, Any] = {
         "format": FORMAT,
         "status": "running",
@@ -283,8 +303,9 @@ def run_scenario(
             )
             * per_case,
         )
+        healthy: set[str] = set()
         for chunk in todo:
-            store.write_part(chunk, run_chunk(sc, chunk, models, device, progress, task))
+            store.write_part(chunk, run_chunk(sc, chunk, models, device, progress, task, healthy))
     results = store.read_results()
     metrics = compute_metrics_table(results, sc)
     write_frame_atomic(store.root / METRICS, metrics)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,12 +24,26 @@ from stress.registry import Registry
 from stress.scenario.schema import ModelSection
 
 
+@dataclass(frozen=True)
+class Prediction:
+    """A batch's output with per-case failures: what an adapter returns when some cases can fail alone.
+
+    Attributes:
+        scores: ``(B,)`` probabilities; entries of failed cases are ignored (NaN by convention).
+        errors: one entry per case: ``None`` when the case succeeded, else a sentence saying what went
+            wrong and what was expected (e.g. ``"command timed out after 30 s (expected it to finish)"``).
+    """
+
+    scores: Tensor
+    errors: tuple[str | None, ...]
+
+
 @runtime_checkable
 class Predictor(Protocol):
     """What a model factory must return."""
 
-    def predict(self, image: Tensor, spacing_mm: tuple[float, float, float]) -> Tensor:
-        """Probabilities ``(B,)`` in [0, 1] for a batch ``(B, 1, D, H, W)``."""
+    def predict(self, image: Tensor, spacing_mm: tuple[float, float, float]) -> Tensor | Prediction:
+        """Probabilities ``(B,)`` in [0, 1] for a batch ``(B, 1, D, H, W)``, or a :class:`Prediction`."""
         ...
 
 
@@ -42,35 +57,45 @@ class LoadedModel:
     predictor: Predictor
     fingerprint: dict[str, Any] = field(default_factory=dict)
 
-    def predict(self, image: Tensor, spacing_mm: tuple[float, float, float], case_ids: list[str]) -> Tensor:
-        """Run the model and check its output: ``(B,)`` finite probabilities, else :class:`StressError`."""
+    def predict(
+        self, image: Tensor, spacing_mm: tuple[float, float, float], case_ids: list[str]
+    ) -> tuple[Tensor, list[str | None]]:
+        """Run the model on a batch and check its output case by case.
+
+        Returns:
+            ``(scores, errors)``: float64 CPU probabilities ``(B,)`` (NaN where the case failed) and one
+            entry per case, ``None`` or the reason the case failed. A model that raises, or returns
+            something that is not a ``(B,)`` tensor, fails every case of the batch; a non-finite or
+            out-of-range value fails its case only.
+        """
+        n = len(case_ids)
         try:
             with torch.inference_mode():
                 out = self.predictor.predict(image, spacing_mm)
-        except Exception as exc:  # noqa: BLE001  (any failure of third-party model code is bad model input)
-            raise StressError(
-                f"model '{self.name}': predict() raised {type(exc).__name__}: {exc} for cases "
-                f"{case_ids[0]}..{case_ids[-1]} (expected probabilities of shape ({len(case_ids)},))"
-            ) from None
+        except Exception as exc:  # noqa: BLE001  (any failure of third-party model code is bad model output)
+            return _all_failed(n, f"predict() raised {type(exc).__name__}: {exc}")
+        errors: list[str | None] = [None] * n
+        if isinstance(out, Prediction):
+            if len(out.errors) != n:
+                return _all_failed(n, f"returned {len(out.errors)} per-case errors (expected {n})")
+            errors = list(out.errors)
+            out = out.scores
         if not isinstance(out, Tensor):
-            raise StressError(
-                f"model '{self.name}': predict() returned {type(out).__name__} "
-                f"for cases {case_ids[0]}..{case_ids[-1]} (expected a torch.Tensor of shape (B,))"
-            )
+            return _all_failed(n, f"predict() returned {type(out).__name__} (expected a torch.Tensor of shape (B,))")
         out = out.detach().reshape(-1) if out.ndim == 2 and out.shape[1] == 1 else out.detach()
-        if tuple(out.shape) != (len(case_ids),):
-            raise StressError(
-                f"model '{self.name}': output shape {tuple(out.shape)} for cases "
-                f"{case_ids[0]}..{case_ids[-1]} (expected ({len(case_ids)},) probabilities)"
-            )
-        bad = ~torch.isfinite(out) | (out < 0) | (out > 1)
-        if bool(bad.any()):
-            i = int(torch.nonzero(bad)[0])
-            raise StressError(
-                f"model '{self.name}': output {float(out[i])!r} for case {case_ids[i]} "
-                "(expected a probability in [0, 1])"
-            )
-        return out.to(torch.float64).cpu()
+        if tuple(out.shape) != (n,):
+            return _all_failed(n, f"output shape {tuple(out.shape)} (expected ({n},) probabilities)")
+        scores = out.to(torch.float64).cpu()
+        for i, value in enumerate(scores.tolist()):
+            if errors[i] is None and not (0.0 <= value <= 1.0):  # also catches NaN
+                errors[i] = f"output {value!r} (expected a probability in [0, 1])"
+            if errors[i] is not None:
+                scores[i] = math.nan
+        return scores, errors
+
+
+def _all_failed(n: int, reason: str) -> tuple[Tensor, list[str | None]]:
+    return torch.full((n,), math.nan, dtype=torch.float64), [reason] * n
 
 
 def sha256_file(path: str | Path) -> str:
@@ -92,11 +117,12 @@ def sha256_state(module: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-Adapter = Callable[[ModelSection, torch.device, str], LoadedModel]
+# (scenario entry, device, location for messages e.g. "models[1]", scenario folder) -> loaded model
+Adapter = Callable[[ModelSection, torch.device, str, Path], LoadedModel]
 ADAPTERS: Registry[Adapter] = Registry("model adapter")
 
 
-def load_python(section: ModelSection, device: torch.device, where: str) -> LoadedModel:
+def load_python(section: ModelSection, device: torch.device, where: str, base_dir: Path) -> LoadedModel:
     """``python: module:factory``: import the module, call ``factory(device=..., **kwargs)``."""
     module_name, attr = str(section.python).split(":")
     try:
@@ -140,7 +166,12 @@ def load_python(section: ModelSection, device: torch.device, where: str) -> Load
 ADAPTERS.register("python", load_python)
 
 
-def load_model(section: ModelSection, device: torch.device, index: int) -> LoadedModel:
-    """Load the model of scenario entry ``models[index]`` with its adapter."""
+def load_model(section: ModelSection, device: torch.device, index: int, base_dir: Path | str = ".") -> LoadedModel:
+    """Load the model of scenario entry ``models[index]`` with its adapter (paths relative to ``base_dir``)."""
     adapter_name, _ = section.adapter
-    return ADAPTERS.get(adapter_name)(section, device, f"models[{index}]")
+    if adapter_name not in ADAPTERS:
+        raise StressError(
+            f"models[{index}].{adapter_name}: this adapter is not available in this installation "
+            f"(available: {', '.join(ADAPTERS.names())})"
+        )
+    return ADAPTERS.get(adapter_name)(section, device, f"models[{index}]", Path(base_dir))

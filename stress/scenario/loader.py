@@ -20,7 +20,7 @@ from perturbations import PERTURBATIONS
 from phantoms import PHANTOMS
 from stress.errors import Problem, ScenarioError, did_you_mean, unknown_name_message
 from stress.gate.rules import RuleSyntaxError, parse_rule
-from stress.scenario.schema import Scenario
+from stress.scenario.schema import ModelSection, Scenario
 from stress.scenario.yaml_positions import Loc, format_loc, load_yaml_with_positions, position_of
 from stress.stats.metrics import METRICS
 
@@ -208,20 +208,37 @@ def _semantic_problems(sc: Scenario, file: str, positions: dict, check_imports: 
         if metric not in METRICS:
             add(("metrics", i), unknown_name_message("metric", metric, METRICS))
     for i, model in enumerate(sc.models):
-        module = str(model.python).split(":")[0]
-        if not check_imports:
-            continue
+        if check_imports:
+            problem = _model_target_problem(model, Path(file).parent)
+            if problem:
+                add(("models", i, model.adapter[0]), problem)
+    _gate_problems(sc, attributes, add)
+    return out
+
+
+def model_path(target: str, base_dir: Path) -> Path:
+    """A model file or folder named in a scenario: relative paths are taken from the scenario's folder."""
+    path = Path(target).expanduser()
+    return path if path.is_absolute() else base_dir / path
+
+
+def _model_target_problem(model: ModelSection, base_dir: Path) -> str | None:
+    """Why a model's adapter target cannot be used, or ``None`` (module importable, file or folder present)."""
+    key, target = model.adapter
+    if key == "python":
+        module = target.split(":")[0]
         try:
             found = importlib.util.find_spec(module) is not None
         except (ImportError, ValueError):
             found = False
-        if not found:
-            add(
-                ("models", i, "python"),
-                f"module '{module}' cannot be found (expected an importable module:factory)",
-            )
-    _gate_problems(sc, attributes, add)
-    return out
+        return None if found else f"module '{module}' cannot be found (expected an importable module:factory)"
+    if key in ("torchscript", "onnx", "monai_bundle"):
+        path = model_path(target, base_dir)
+        want_dir = key == "monai_bundle"
+        if not (path.is_dir() if want_dir else path.is_file()):
+            what = "a bundle folder" if want_dir else "a model file"
+            return f"{path} does not exist (expected {what}; relative paths start at the scenario's folder)"
+    return None
 
 
 def _with_aliases(names: list[str]) -> set[str]:

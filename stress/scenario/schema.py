@@ -84,25 +84,60 @@ class PerturbationSweep(_Model):
         return len(self.severities) * (1 if self.grid is None else len(self.grid.severities))
 
 
+ADAPTER_KEYS = ("python", "torchscript", "onnx", "monai_bundle", "command")
+
+
+class CommandIO(_Model):
+    """How a black-box ``command`` model exchanges cases: files in, files out, within a time limit.
+
+    Attributes:
+        input_format: what the case is written as: ``nifti`` (one ``.nii.gz``) or ``dicom`` (a series).
+        output_format: what the command writes: ``json`` (``{"probability": p}``), ``nifti`` (a mask or
+            probability map) or ``dicom_seg``.
+        timeout_s: wall-clock limit per call, seconds; a call that runs longer fails its cases.
+        batch: cases per call (1: one process per case).
+    """
+
+    input_format: Literal["nifti", "dicom"] = "nifti"
+    output_format: Literal["json", "nifti", "dicom_seg"] = "json"
+    timeout_s: float = Field(60.0, gt=0.0, le=86_400.0)
+    batch: int = Field(1, ge=1, le=4096)
+
+
 class ModelSection(_Model):
-    """A model under test. Exactly one adapter key names how to load it (e.g. ``python: pkg.mod:factory``)."""
+    """A model under test. Exactly one adapter key names how to load it.
+
+    Adapter keys: ``python: pkg.mod:factory``, ``torchscript: file.pt``, ``onnx: file.onnx``,
+    ``monai_bundle: dir`` or ``command: "exe {input} {output}"`` (a black box; see :class:`CommandIO`).
+    Relative paths are resolved against the scenario file's folder.
+    """
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
     role: Literal["reference", "candidate"]
     python: str | None = Field(None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    torchscript: str | None = Field(None, min_length=1)
+    onnx: str | None = Field(None, min_length=1)
+    monai_bundle: str | None = Field(None, min_length=1)
+    command: str | None = Field(None, min_length=1)
+    command_io: CommandIO = Field(default_factory=CommandIO)
     kwargs: dict[str, Any] = Field(default_factory=dict)
     threshold: float = Field(0.5, ge=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _one_adapter(self) -> ModelSection:
-        if self.python is None:
-            raise ValueError("a model needs an adapter key (expected python: 'module:factory')")
+        given = [k for k in ADAPTER_KEYS if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"a model needs exactly one adapter key, got {given or 'none'} (expected one of "
+                f"{', '.join(ADAPTER_KEYS)}, e.g. python: 'module:factory')"
+            )
         return self
 
     @property
     def adapter(self) -> tuple[str, str]:
         """``(adapter name, target)``, e.g. ``("python", "stress.models.demo:reference")``."""
-        return "python", str(self.python)
+        key = next(k for k in ADAPTER_KEYS if getattr(self, k) is not None)
+        return key, str(getattr(self, key))
 
 
 class BootstrapSection(_Model):

@@ -64,13 +64,16 @@ def compute_metrics_table(results: pd.DataFrame, scenario: Scenario) -> pd.DataF
     # dropna=False: ``severity_2`` is NaN for the cells of 1-D sweeps.
     for key, group in results.groupby(GROUP_KEYS, sort=True, dropna=False):
         group = group.set_index("case_index").reindex(case_index)
-        if group["score"].isna().any():
+        if group["model"].isna().any():
             raise StressError(
                 f"results.parquet: missing rows for {dict(zip(GROUP_KEYS, key, strict=True))} "
                 "(expected one row per case; re-run the same `stress run` command to complete the run)"
             )
         y, s = group["label"].to_numpy().astype(int), group["score"].to_numpy()
-        for attr, level, mask in subgroups:
+        failed = group["error"].to_numpy() != ""
+        for attr, level, in_group in subgroups:
+            # Cases the model failed on are left out of the metric and counted in n_failed.
+            mask = in_group & ~failed
             for metric in scenario.metrics:
                 values = METRICS.get(metric).compute(y[mask], s[mask], weights[:, mask], thresholds[key[0]])
                 ci = percentile_ci(values[0], values[1:], boot.level)
@@ -89,6 +92,7 @@ def compute_metrics_table(results: pd.DataFrame, scenario: Scenario) -> pd.DataF
                         "n_cases": int(mask.sum()),
                         "n_positive": int(y[mask].sum()),
                         "n_negative": int((1 - y[mask]).sum()),
+                        "n_failed": int((in_group & failed).sum()),
                     }
                 )
     return pd.DataFrame(rows)
