@@ -8,8 +8,9 @@ percentile), so that intensity changes stay visible. The column titles give each
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -35,13 +36,18 @@ def _slice_index(batch: CaseBatch, b: int) -> int:
     return depth // 2
 
 
-def ladder_images(batch: CaseBatch, b: int, name: str, seed: int) -> list[tuple[float, np.ndarray]]:
-    """``(severity, axial slice)`` for the nominal severity and every level of ``name``'s ladder."""
+def ladder_images(
+    batch: CaseBatch, b: int, name: str, seed: int, spec_params: Mapping[str, Any] | None = None
+) -> list[tuple[float, np.ndarray]]:
+    """``(severity, axial slice)`` for the nominal severity and every level of ``name``'s ladder.
+
+    ``spec_params`` are the perturbation's settings (its defaults when ``None``).
+    """
     entry = PERTURBATIONS.get(name)
     k = _slice_index(batch, b)
     levels = [entry.severity.nominal, *entry.ladder]
     x = batch.image[b : b + 1].expand(len(levels), -1, -1, -1, -1).contiguous()
-    spec = entry.spec()
+    spec = entry.spec.model_validate(dict(spec_params or {}))
     params = [
         entry.sample(spec, float(v), case_rng(seed, STREAM_MONTAGE, batch.case_index[b])) for v in levels
     ]
@@ -50,14 +56,24 @@ def ladder_images(batch: CaseBatch, b: int, name: str, seed: int) -> list[tuple[
     return [(float(v), y[i, 0, k].detach().cpu().numpy()) for i, v in enumerate(levels)]
 
 
-def save_ladder_montage(batch: CaseBatch, b: int, names: Sequence[str], path: Path, seed: int = 0) -> Path:
-    """Rows = perturbations ``names``, columns = nominal + five ladder levels, for case ``b``."""
+def save_ladder_montage(
+    batch: CaseBatch,
+    b: int,
+    names: Sequence[str],
+    path: Path,
+    seed: int = 0,
+    spec_params: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Path:
+    """Rows = perturbations ``names``, columns = nominal + five ladder levels, for case ``b``.
+
+    ``spec_params`` maps a perturbation name to its settings (defaults for names not in it).
+    """
     low, high = CT_WINDOW_HU if batch.modality == "CT" else display_window(batch, b)
     cols = 6
     fig, axes = plt.subplots(len(names), cols, figsize=(1.9 * cols, 2.1 * len(names)), dpi=80, squeeze=False)
     for row, name in enumerate(names):
         entry = PERTURBATIONS.get(name)
-        for col, (value, img) in enumerate(ladder_images(batch, b, name, seed)[:cols]):
+        for col, (value, img) in enumerate(ladder_images(batch, b, name, seed, (spec_params or {}).get(name))[:cols]):
             ax = axes[row, col]
             ax.imshow(img, cmap="gray", vmin=low, vmax=high, aspect=batch.spacing_mm[1] / batch.spacing_mm[2])
             ax.set_xticks([])
