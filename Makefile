@@ -39,6 +39,7 @@ bench: install
 	$(BIN)/python bench/bench_mri.py
 	$(BIN)/python bench/bench_generic.py
 	$(BIN)/python bench/bench_phantoms.py
+	$(BIN)/python bench/bench_pipeline.py
 
 lint: install
 	$(BIN)/ruff check .

@@ -1,4 +1,4 @@
-"""Robustness figures from the metrics table (curves for 1-D sweeps, heat maps for grids), as deterministic PNGs."""
+"""Robustness figures from the metrics table (1-D sweeps: curves; grids: heat maps), as deterministic PNGs."""
 
 from __future__ import annotations
 
@@ -14,14 +14,12 @@ _STYLE = {"reference": {"linestyle": "--", "marker": "s"}, "candidate": {"linest
 
 
 def robustness_curve(metrics: pd.DataFrame, sweep: str, metric: str, path: Path) -> Path:
-    """Plot ``metric`` (overall, with its CI band) against severity of a 1-D sweep for every model; save a PNG.
+    """Plot ``metric`` (overall, CI band) against the severity of a 1-D sweep for every model; save a PNG.
 
     The PNG carries no timestamp or software metadata, so the same metrics give the same bytes.
     """
     sel = metrics[
-        (metrics["sweep"] == sweep)
-        & (metrics["metric"] == metric)
-        & (metrics["subgroup"] == "all")
+        (metrics["sweep"] == sweep) & (metrics["metric"] == metric) & (metrics["subgroup"] == "all")
     ].sort_values(["model", "severity"])
     fig, ax = plt.subplots(figsize=(6.0, 3.6), dpi=150)
     for (model, role), g in sel.groupby(["model", "model_role"], sort=True):
@@ -48,14 +46,20 @@ def robustness_grid(metrics: pd.DataFrame, sweep: str, metric: str, path: Path) 
     Each cell shows the estimate and, below it, the CI bounds; the colour is the CI's lower bound, so
     a cell that looks fine by its estimate but not by its bound stands out.
     """
-    sel = metrics[(metrics["sweep"] == sweep) & (metrics["metric"] == metric) & (metrics["subgroup"] == "all")]
+    sel = metrics[
+        (metrics["sweep"] == sweep) & (metrics["metric"] == metric) & (metrics["subgroup"] == "all")
+    ]
     models = sorted(sel["model"].unique())
-    fig, axes = plt.subplots(1, max(len(models), 1), figsize=(3.4 * max(len(models), 1), 3.4), dpi=150, squeeze=False)
+    fig, axes = plt.subplots(
+        1, max(len(models), 1), figsize=(3.4 * max(len(models), 1), 3.4), dpi=150, squeeze=False
+    )
     for ax, model in zip(axes[0], models, strict=False):
         g = sel[sel["model"] == model]
         rows, cols = sorted(g["severity"].unique()), sorted(g["severity_2"].unique())
         low = g.pivot_table(index="severity", columns="severity_2", values="ci_low", aggfunc="first")
-        ax.imshow(low.loc[rows, cols].to_numpy(), vmin=0.0, vmax=1.0, cmap="RdYlGn", origin="lower", aspect="auto")
+        ax.imshow(
+            low.loc[rows, cols].to_numpy(), vmin=0.0, vmax=1.0, cmap="RdYlGn", origin="lower", aspect="auto"
+        )
         for _, r in g.iterrows():
             i, j = rows.index(r["severity"]), cols.index(r["severity_2"])
             text = f"{r['estimate']:.2f}\n[{r['ci_low']:.2f}, {r['ci_high']:.2f}]"

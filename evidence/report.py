@@ -125,7 +125,12 @@ def _scenario_section(run: RunData) -> list[Any]:
     for m in sc.models:
         fp = man["models"][m.name]
         weights = "; ".join(f"{k}: {v}" for k, v in fp.get("weights_sha256", {}).items()) or "-"
-        mrow.append([m.name, m.role, fp.get("target", ""), f"{m.threshold:g}", weights])
+        target = (
+            fp.get("target", "")
+            if fp.get("adapter") != "derive"
+            else f"derive: {fp['update']} of {fp['from']}"
+        )
+        mrow.append([m.name, m.role, target, f"{m.threshold:g}", weights])
     story.append(
         _table(
             ["model", "role", "adapter target", "threshold", "weights SHA-256"],
@@ -169,10 +174,14 @@ def _curves_section(run: RunData, fig_dir: Path) -> list[Any]:
     for p in run.scenario.perturbations:
         stem = p.sweep_id.replace(" x ", "_x_")
         if p.grid is None:
-            png = robustness_curve(run.metrics, p.sweep_id, metric, fig_dir / f"robustness_{stem}_{metric}.png")
+            png = robustness_curve(
+                run.metrics, p.sweep_id, metric, fig_dir / f"robustness_{stem}_{metric}.png"
+            )
             figures.append(Image(str(png), width=150 * mm, height=90 * mm))
         else:
-            png = robustness_grid(run.metrics, p.sweep_id, metric, fig_dir / f"robustness_{stem}_{metric}.png")
+            png = robustness_grid(
+                run.metrics, p.sweep_id, metric, fig_dir / f"robustness_{stem}_{metric}.png"
+            )
             n_models = len(run.scenario.models)
             figures.append(Image(str(png), width=min(170, 60 * n_models) * mm, height=60 * mm))
     # The heading stays on the page of the first figure.
@@ -206,8 +215,9 @@ def _metrics_section(run: RunData) -> list[Any]:
     for model, rows in failed.groupby("model", sort=True):
         story.append(
             Paragraph(
-                f"Model {model} failed on {len(rows)} of {int((run.results['model'] == model).sum())} evaluations "
-                "(left out of the estimates, counted as n_failed in metrics.parquet; reasons in results.parquet).",
+                f"Model {model} failed on {len(rows)} of {int((run.results['model'] == model).sum())} "
+                "evaluations (left out of the estimates, counted as n_failed in metrics.parquet; reasons in "
+                "results.parquet).",
                 _SMALL,
             )
         )

@@ -109,7 +109,15 @@ def list_(
             for col in ("adapter", "scenario key", "loads"):
                 table.add_column(escape(col))
             for name, adapter in ADAPTERS.items():
-                _row(table, name, ADAPTER_EXAMPLES.get(name, f"{name}: ..."), (adapter.__doc__ or "").strip().splitlines()[0])
+                _row(
+                    table,
+                    name,
+                    ADAPTER_EXAMPLES.get(name, f"{name}: ..."),
+                    (adapter.__doc__ or "").strip().splitlines()[0],
+                )
+            _row(
+                table, "derive", "derive: {from: v1, update: prune}", "a simulated update of an earlier model"
+            )
         out.print(table)
 
 
@@ -206,7 +214,10 @@ def perturbations_montage(
     png: Annotated[Path, typer.Option("--out", help="PNG file to write")] = Path("ladders.png"),
     case: Annotated[int, typer.Option(help="case index of the phantom to show")] = 0,
 ) -> None:
-    """PNG: each perturbation (row) at its nominal severity and the five levels of its default ladder."""
+    """PNG: each perturbation (row) at its nominal severity and the five levels of its default ladder.
+
+    A perturbation swept (or in the baseline) in the scenario uses the scenario's settings for it.
+    """
     import torch
 
     from perturbations import PERTURBATIONS
@@ -224,7 +235,10 @@ def perturbations_montage(
     if not 0 <= case < loaded.scenario.phantom.n_cases:
         raise StressError(f"--case: {case} (expected 0 to {loaded.scenario.phantom.n_cases - 1})")
     batch = merge_batches(list(case_batches(loaded, case + 1, torch.device("cpu"))))
-    path = save_ladder_montage(batch, batch.case_index.index(case), chosen, png, loaded.scenario.seed)
+    sc = loaded.scenario
+    # Settings as the scenario gives them (a sweep's params, else a baseline step's), defaults otherwise.
+    settings = {b.name: b.params for b in sc.baseline} | {p.name: p.params for p in sc.perturbations}
+    path = save_ladder_montage(batch, batch.case_index.index(case), chosen, png, sc.seed, settings)
     out.print(f"ladder montage: {path}")
 
 

@@ -73,7 +73,9 @@ def save_ladder_montage(
     fig, axes = plt.subplots(len(names), cols, figsize=(1.9 * cols, 2.1 * len(names)), dpi=80, squeeze=False)
     for row, name in enumerate(names):
         entry = PERTURBATIONS.get(name)
-        for col, (value, img) in enumerate(ladder_images(batch, b, name, seed, (spec_params or {}).get(name))[:cols]):
+        for col, (value, img) in enumerate(
+            ladder_images(batch, b, name, seed, (spec_params or {}).get(name))[:cols]
+        ):
             ax = axes[row, col]
             ax.imshow(img, cmap="gray", vmin=low, vmax=high, aspect=batch.spacing_mm[1] / batch.spacing_mm[2])
             ax.set_xticks([])

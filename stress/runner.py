@@ -26,6 +26,7 @@ from phantoms import PHANTOMS, CaseBatch
 from phantoms.population import case_rng
 from stress.errors import StressError
 from stress.models import LoadedModel, load_model
+from stress.models.derive import derive_model
 from stress.scenario.loader import LoadedScenario, phantom_spec
 from stress.scenario.schema import Scenario
 from stress.stats.summary import compute_metrics_table
@@ -79,20 +80,27 @@ def chains(sc: Scenario) -> Iterator[SweepPoint]:
     name in place, or appended after the baseline (a grid's first family before its second).
     """
     for sweep in sc.perturbations:
-        second = [(sweep.grid.name, s, sweep.grid.params) for s in sweep.grid.severities] if sweep.grid else [None]
+        second = (
+            [(sweep.grid.name, s, sweep.grid.params) for s in sweep.grid.severities] if sweep.grid else [None]
+        )
         for severity in sweep.severities:
             for other in second:
                 swept = (_step(sweep.name, severity, sweep.params),)
                 if other is not None:
                     swept += (_step(*other),)
-                chain = [_step(b.name, b.severity, b.params) for b in sc.baseline]
-                for step in swept:
-                    names = [s.name for s in chain]
-                    if step.name in names:
-                        chain[names.index(step.name)] = step
-                    else:
-                        chain.append(step)
-                yield SweepPoint(sweep.sweep_id, swept, chain)
+                yield SweepPoint(sweep.sweep_id, swept, build_chain(sc, swept))
+
+
+def build_chain(sc: Scenario, swept: tuple[Step, ...]) -> list[Step]:
+    """The baseline with each of ``swept`` replacing the baseline step of its name in place, or appended."""
+    chain = [_step(b.name, b.severity, b.params) for b in sc.baseline]
+    for step in swept:
+        names = [s.name for s in chain]
+        if step.name in names:
+            chain[names.index(step.name)] = step
+        else:
+            chain.append(step)
+    return chain
 
 
 def sample_chain(sc: Scenario, chain: list[Step], batch: CaseBatch) -> list[AppliedPerturbation]:
@@ -153,7 +161,9 @@ def _spacing_told(batch: CaseBatch, steps: list[AppliedPerturbation], ids: list[
         raise StressError(f"cases {ids[0]}..{ids[-1]}: {exc}") from None
 
 
-def _fail_fast(model: LoadedModel, errors: list[str | None], ids: list[str], point: SweepPoint, ok: set[str]) -> None:
+def _fail_fast(
+    model: LoadedModel, errors: list[str | None], ids: list[str], point: SweepPoint, ok: set[str]
+) -> None:
     """Stop the run (exit 2) when a model fails every case before it has succeeded once: it cannot run.
 
     Once a model has produced one valid output, its failures are recorded per case in the ``error``
@@ -253,6 +263,27 @@ def _check_resumable(old: dict[str, Any], new: dict[str, Any], store: RunStore) 
             )
 
 
+def load_models(sc: Scenario, device: torch.device, base_dir: Path) -> list[LoadedModel]:
+    """Every model of ``sc``, in its order: loaded ones first, then each derived one from its source.
+
+    The loader checks that a derived model's source is listed before it, so deriving in list order
+    always finds the source (itself possibly derived) already made.
+    """
+    made: dict[str, LoadedModel] = {}
+    for i, m in enumerate(sc.models):
+        if m.derive is None:
+            made[m.name] = load_model(m, device, i, base_dir)
+    for i, m in enumerate(sc.models):
+        if m.derive is not None:
+            if m.derive.source not in made:
+                raise StressError(
+                    f"models[{i}].derive.from: model '{m.derive.source}' is not made before '{m.name}' "
+                    "(expected a model listed earlier)"
+                )
+            made[m.name] = derive_model(m, made[m.derive.source], sc, device, f"models[{i}]")
+    return [made[m.name] for m in sc.models]
+
+
 def run_scenario(
     loaded: LoadedScenario, out: str | Path, device_name: str = "cpu", show_progress: bool = True
 ) -> RunStore:
@@ -260,7 +291,7 @@ def run_scenario(
     sc = loaded.scenario
     device = resolve_device(device_name)
     store = RunStore(out)
-    models = [load_model(m, device, i, Path(loaded.path).parent) for i, m in enumerate(sc.models)]
+    models = load_models(sc, device, Path(loaded.path).parent)
     manifest: dict[str, Any] = {
         "format": FORMAT,
         "status": "running",

@@ -12,7 +12,16 @@ import pandas as pd
 from stress.gate.rules import Rule, parse_rule
 from stress.scenario.schema import GateCriterion, Scenario
 
-CELL_KEYS = ["model", "sweep", "perturbation", "severity", "perturbation_2", "severity_2", "subgroup", "level"]
+CELL_KEYS = [
+    "model",
+    "sweep",
+    "perturbation",
+    "severity",
+    "perturbation_2",
+    "severity_2",
+    "subgroup",
+    "level",
+]
 
 
 @dataclass(frozen=True)

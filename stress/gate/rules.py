@@ -104,7 +104,9 @@ def parse_rule(text: str) -> Rule:
         op=m["op"],
         threshold=float(m["value"]),
         conditions=tuple(
-            Condition(m[f"sweep{k}"], m[f"sop{k}"], float(m[f"svalue{k}"])) for k in ("", "2") if m[f"sweep{k}"]
+            Condition(m[f"sweep{k}"], m[f"sop{k}"], float(m[f"svalue{k}"]))
+            for k in ("", "2")
+            if m[f"sweep{k}"]
         ),
         scope=scope,
     )

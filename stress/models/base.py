@@ -81,11 +81,13 @@ class LoadedModel:
             errors = list(out.errors)
             out = out.scores
         if not isinstance(out, Tensor):
-            return _all_failed(n, f"predict() returned {type(out).__name__} (expected a torch.Tensor of shape (B,))")
+            return _all_failed(
+                n, f"predict() returned {type(out).__name__} (expected a torch.Tensor of shape (B,))"
+            )
         out = out.detach().reshape(-1) if out.ndim == 2 and out.shape[1] == 1 else out.detach()
         if tuple(out.shape) != (n,):
             return _all_failed(n, f"output shape {tuple(out.shape)} (expected ({n},) probabilities)")
-        scores = out.to(torch.float64).cpu()
+        scores = out.to(torch.float64).cpu().clone()  # never write into the model's (inference-mode) tensor
         for i, value in enumerate(scores.tolist()):
             if errors[i] is None and not (0.0 <= value <= 1.0):  # also catches NaN
                 errors[i] = f"output {value!r} (expected a probability in [0, 1])"
@@ -166,8 +168,10 @@ def load_python(section: ModelSection, device: torch.device, where: str, base_di
 ADAPTERS.register("python", load_python)
 
 
-def load_model(section: ModelSection, device: torch.device, index: int, base_dir: Path | str = ".") -> LoadedModel:
-    """Load the model of scenario entry ``models[index]`` with its adapter (paths relative to ``base_dir``)."""
+def load_model(
+    section: ModelSection, device: torch.device, index: int, base_dir: Path | str = "."
+) -> LoadedModel:
+    """Load the model of entry ``models[index]`` with its adapter (paths relative to ``base_dir``)."""
     adapter_name, _ = section.adapter
     if adapter_name not in ADAPTERS:
         raise StressError(

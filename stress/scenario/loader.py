@@ -10,17 +10,17 @@ the generator's, repeated names, model modules, and gate rules, and reports all 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 from pathlib import Path
-from typing import Any, get_args, get_origin
+from types import UnionType
+from typing import Annotated, Any, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
 from perturbations import PERTURBATIONS
 from phantoms import PHANTOMS
 from stress.errors import Problem, ScenarioError, did_you_mean, unknown_name_message
-from stress.gate.rules import RuleSyntaxError, parse_rule
-from stress.scenario.schema import ModelSection, Scenario
+from stress.scenario.checks import gate_problems, model_target_problem
+from stress.scenario.schema import DERIVE_UPDATES, WEIGHT_UPDATES, ModelSection, Scenario
 from stress.scenario.yaml_positions import Loc, format_loc, load_yaml_with_positions, position_of
 from stress.stats.metrics import METRICS
 
@@ -71,20 +71,43 @@ def _message(err: dict[str, Any]) -> str:
     return msg
 
 
+def _model_classes(ann: Any) -> list[Any]:
+    """The innermost types of an annotation: ``list[X] | None`` -> ``[X]``, ``A | B`` -> ``[A, B]``."""
+    if get_origin(ann) is None:
+        return [ann]
+    args = get_args(ann)[:1] if get_origin(ann) is Annotated else get_args(ann)
+    inner = [a for a in args if a is not type(None)]
+    if get_origin(ann) not in (Annotated, Union, UnionType):
+        inner = inner[-1:]  # list[X], dict[K, X]: the item type
+    return [c for a in inner for c in _model_classes(a)]
+
+
 def _model_at(root: type[BaseModel], loc: Loc) -> type[BaseModel] | None:
-    """The pydantic model class that holds the field at ``loc`` (to list its allowed keys)."""
+    """The pydantic model class that holds the field at ``loc`` (to list its allowed keys).
+
+    A field holding a tagged union (``derive``) is followed through the tag pydantic puts in ``loc``.
+    """
     cls: Any = root
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        if not (isinstance(cls, type) and issubclass(cls, BaseModel)) or part not in cls.model_fields:
+    parts = [p for p in loc if not isinstance(p, int)]
+    while parts:
+        part = parts.pop(0)
+        if not (isinstance(cls, type) and issubclass(cls, BaseModel)) or part not in _keys(cls):
             return None
-        ann = cls.model_fields[part].annotation
-        while get_origin(ann) is not None:
-            args = [a for a in get_args(ann) if a is not type(None)]
-            ann = args[-1] if args else None
-        cls = ann
+        classes = _model_classes(cls.model_fields[_keys(cls)[part]].annotation)
+        if len(classes) > 1 and parts and parts[0] in DERIVE_UPDATES:
+            classes = [DERIVE_UPDATES[parts.pop(0)]]
+        cls = classes[-1] if classes else None
     return cls if isinstance(cls, type) and issubclass(cls, BaseModel) else None
+
+
+def _keys(cls: type[BaseModel]) -> dict[str, str]:
+    """The keys a model accepts in a file (aliases, e.g. ``from``) -> field names."""
+    return {f.alias or name: name for name, f in cls.model_fields.items()}
+
+
+def _without_tags(loc: Loc) -> Loc:
+    """``loc`` without pydantic's union tags: ``models[0].derive.prune.amount`` -> ``...derive.amount``."""
+    return tuple(p for i, p in enumerate(loc) if not (i and loc[i - 1] == "derive" and p in DERIVE_UPDATES))
 
 
 def _pydantic_problems(
@@ -92,12 +115,25 @@ def _pydantic_problems(
 ) -> list[Problem]:
     problems = []
     for err in exc.errors(include_url=False):
-        loc = (*prefix, *err["loc"])
+        loc = _without_tags((*prefix, *err["loc"]))
         kind = err["type"]
+        if (
+            kind in ("union_tag_invalid", "union_tag_not_found")
+            and (err.get("ctx") or {}).get("discriminator") == "'update'"
+        ):
+            tag = (err.get("ctx") or {}).get("tag")
+            msg = (
+                unknown_name_message("update", tag, DERIVE_UPDATES)
+                if tag is not None
+                else f"update is missing (expected one of: {', '.join(DERIVE_UPDATES)})"
+            )
+            loc = (*loc, "update")
+            problems.append(Problem(file, *position_of(positions, loc), format_loc(loc), msg))
+            continue
         if kind == "extra_forbidden":
             key = loc[-1]
             owner = _model_at(root, err["loc"][:-1])
-            allowed = sorted(owner.model_fields) if owner else []
+            allowed = sorted(_keys(owner)) if owner else []
             msg = f"unknown key '{key}'{did_you_mean(str(key), allowed)}"
             if allowed:
                 msg += f" (expected one of: {', '.join(allowed)})"
@@ -160,10 +196,17 @@ def _semantic_problems(sc: Scenario, file: str, positions: dict, check_imports: 
                     unknown_name_message("subgroup attribute", name, attributes),
                 )
     # (location of the entry, name, severities with their locations, params)
-    entries = [(("baseline", i), s.name, [(s.severity, ("severity",))], s.params) for i, s in enumerate(sc.baseline)]
+    entries = [
+        (("baseline", i), s.name, [(s.severity, ("severity",))], s.params) for i, s in enumerate(sc.baseline)
+    ]
     for i, p in enumerate(sc.perturbations):
         entries.append(
-            (("perturbations", i), p.name, [(v, ("severities", j)) for j, v in enumerate(p.severities)], p.params)
+            (
+                ("perturbations", i),
+                p.name,
+                [(v, ("severities", j)) for j, v in enumerate(p.severities)],
+                p.params,
+            )
         )
         if p.grid is not None:
             grid_sev = [(v, ("severities", j)) for j, v in enumerate(p.grid.severities)]
@@ -208,119 +251,104 @@ def _semantic_problems(sc: Scenario, file: str, positions: dict, check_imports: 
         if metric not in METRICS:
             add(("metrics", i), unknown_name_message("metric", metric, METRICS))
     for i, model in enumerate(sc.models):
-        if check_imports:
-            problem = _model_target_problem(model, Path(file).parent)
+        if model.derive is not None:
+            _derive_problems(sc, i, add, out, file, positions)
+        elif check_imports:
+            problem = model_target_problem(model, Path(file).parent)
             if problem:
                 add(("models", i, model.adapter[0]), problem)
-    _gate_problems(sc, attributes, add)
+    gate_problems(sc, attributes, add)
     return out
 
 
-def model_path(target: str, base_dir: Path) -> Path:
-    """A model file or folder named in a scenario: relative paths are taken from the scenario's folder."""
-    path = Path(target).expanduser()
-    return path if path.is_absolute() else base_dir / path
-
-
-def _model_target_problem(model: ModelSection, base_dir: Path) -> str | None:
-    """Why a model's adapter target cannot be used, or ``None`` (module importable, file or folder present)."""
-    key, target = model.adapter
-    if key == "python":
-        module = target.split(":")[0]
-        try:
-            found = importlib.util.find_spec(module) is not None
-        except (ImportError, ValueError):
-            found = False
-        return None if found else f"module '{module}' cannot be found (expected an importable module:factory)"
-    if key in ("torchscript", "onnx", "monai_bundle"):
-        path = model_path(target, base_dir)
-        want_dir = key == "monai_bundle"
-        if not (path.is_dir() if want_dir else path.is_file()):
-            what = "a bundle folder" if want_dir else "a model file"
-            return f"{path} does not exist (expected {what}; relative paths start at the scenario's folder)"
-    return None
-
-
-def _with_aliases(names: list[str]) -> set[str]:
-    """Perturbation names together with their severity quantities' names."""
-    return set(names) | {PERTURBATIONS.get(n).severity.name for n in names if n in PERTURBATIONS}
-
-
-def _names_a_grid(sc: Scenario, names: list[str]) -> bool:
-    """Whether ``names`` (perturbation or severity names) are the two families of one grid sweep."""
-    for p in sc.perturbations:
-        if p.grid is None:
-            continue
-        a, b = _with_aliases([p.name]), _with_aliases([p.grid.name])
-        if (names[0] in a and names[1] in b) or (names[0] in b and names[1] in a):
-            return True
-    return False
-
-
-def _gate_problems(sc: Scenario, attributes: dict, add) -> None:
-    sweep_names = _with_aliases(
-        [p.name for p in sc.perturbations] + [p.grid.name for p in sc.perturbations if p.grid]
-    )
-    for i, crit in enumerate(sc.gate):
-        try:
-            rule = parse_rule(crit.rule)
-        except RuleSyntaxError as exc:
-            add(("gate", i, "rule"), str(exc))
-            continue
-        if rule.metric not in sc.metrics:
+def _derive_problems(sc: Scenario, i: int, add, out: list[Problem], file: str, positions: dict) -> None:
+    """``models[i].derive``: a source listed earlier, whose weights we hold when the update changes them."""
+    derive = sc.models[i].derive
+    assert derive is not None
+    loc = ("models", i, "derive")
+    names = [m.name for m in sc.models]
+    if derive.source == sc.models[i].name:
+        add((*loc, "from"), f"model '{derive.source}' cannot be derived from itself (expected another model)")
+        return
+    if derive.source not in names[:i]:
+        if derive.source in names:
             add(
-                ("gate", i, "rule"),
-                f"metric '{rule.metric}' is not computed by this scenario"
-                f"{did_you_mean(rule.metric, sc.metrics)} (expected one of metrics: {', '.join(sc.metrics)})",
+                (*loc, "from"),
+                f"model '{derive.source}' is listed after '{sc.models[i].name}' (expected a model listed "
+                "earlier: a derived model comes after its source)",
             )
-        for cond in rule.conditions:
-            if cond.sweep not in sweep_names:
-                add(
-                    ("gate", i, "rule"),
-                    unknown_name_message("perturbation or severity", cond.sweep, sweep_names),
-                )
-        one_d = [p.name for p in sc.perturbations if p.grid is None]
-        if len(rule.conditions) == 1 and rule.conditions[0].sweep in sweep_names - _with_aliases(one_d):
+        else:
+            add((*loc, "from"), unknown_name_message("model", derive.source, names[:i]))
+        return
+    chain = _source_chain(sc, i)
+    root = chain[-1]
+    if derive.update in WEIGHT_UPDATES:
+        if root.derive is None and root.adapter[0] != "python":
             add(
-                ("gate", i, "rule"),
-                f"'{rule.conditions[0].sweep}' is swept only inside a grid (expected a 1-D sweep of it, or "
-                "a condition on each family of the grid: 'for A OP X and B OP Y')",
+                (*loc, "update"),
+                f"'{derive.update}' changes weights, which '{derive.source}' does not expose (it "
+                f"{'is' if root is chain[0] else 'comes from'} a {root.adapter[0]} model; expected a python "
+                "model as the source; threshold_shift and temperature wrap any model)",
             )
-        if len(rule.conditions) == 2 and not _names_a_grid(sc, [c.sweep for c in rule.conditions]):
-            grids = [p.sweep_id for p in sc.perturbations if p.grid] or ["none"]
+        quantized = [m.name for m in chain if m.derive is not None and m.derive.update == "quantize_int8"]
+        if quantized:
             add(
-                ("gate", i, "rule"),
-                f"'for ... and ...' names {rule.conditions[0].sweep} and {rule.conditions[1].sweep}, which are "
-                f"not the two families of one grid sweep (expected a grid of this scenario: {', '.join(grids)})",
+                (*loc, "update"),
+                f"'{derive.update}' changes float weights, but '{quantized[0]}' holds int8 weights (expected "
+                "quantize_int8 as the last weight update of a chain)",
             )
-        scope_attr = rule.scope.split(":")[-1].split("=")[0]
-        if rule.scope not in ("overall", "every") and scope_attr not in sc.statistics.subgroups:
+    if derive.update == "threshold_shift":
+        total = derived_threshold(sc, i)
+        if not 0.0 <= total <= 1.0:
             add(
-                ("gate", i, "rule"),
-                f"subgroup attribute '{scope_attr}' is not in statistics.subgroups"
-                f"{did_you_mean(scope_attr, sc.statistics.subgroups)} (expected one of: "
-                f"{', '.join(sc.statistics.subgroups) or 'none configured'})",
+                (*loc, "delta"),
+                f"the source's threshold {total - derive.delta:g} shifted by {derive.delta:g} is {total:g} "
+                "(expected a threshold in [0, 1])",
             )
-        elif "=" in rule.scope and attributes.get(scope_attr) is not None:
-            level = rule.scope.split("=", 1)[1]
-            if level not in attributes[scope_attr].levels:
-                add(
-                    ("gate", i, "rule"),
-                    unknown_name_message(f"level of '{scope_attr}'", level, attributes[scope_attr].levels),
-                )
-        for j, model in enumerate(crit.models or []):
-            if model not in [m.name for m in sc.models]:
-                add(
-                    ("gate", i, "models", j),
-                    unknown_name_message("model", model, [m.name for m in sc.models]),
-                )
+    if derive.update == "fine_tune" and derive.shift is not None:
+        where = (*loc, "shift")
+        if derive.shift.name not in PERTURBATIONS:
+            add((*where, "name"), unknown_name_message("perturbation", derive.shift.name, PERTURBATIONS))
+            return
+        pert = PERTURBATIONS.get(derive.shift.name)
+        _check_params(pert.spec, derive.shift.params, (*where, "params"), file, positions, out)
+        msg = pert.severity.check(derive.shift.severity)
+        if msg:
+            add((*where, "severity"), msg)
+
+
+def _source_chain(sc: Scenario, i: int) -> list[ModelSection]:
+    """The source of ``models[i]``, its source, ... (each listed before the previous), the loaded one last."""
+    names = [m.name for m in sc.models]
+    chain: list[ModelSection] = []
+    model = sc.models[i]
+    while model.derive is not None and model.derive.source in names[:i]:
+        i = names.index(model.derive.source)
+        model = sc.models[i]
+        chain.append(model)
+    return chain
+
+
+def derived_threshold(sc: Scenario, i: int) -> float:
+    """The threshold of ``models[i]``: its own when given, else its source's (plus a ``threshold_shift``)."""
+    model = sc.models[i]
+    if model.derive is None or "threshold" in model.model_fields_set:
+        return model.threshold
+    chain = _source_chain(sc, i)
+    if not chain:
+        return model.threshold
+    names = [m.name for m in sc.models]
+    shift = model.derive.delta if model.derive.update == "threshold_shift" else 0.0
+    return derived_threshold(sc, names.index(chain[0].name)) + shift
 
 
 def parse_scenario(text: str, file: str = "<scenario>", *, check_imports: bool = True) -> Scenario:
     """Validate scenario ``text``; raise :class:`ScenarioError` listing every problem.
 
     ``check_imports=False`` skips checking that model modules can be imported (downstream stages
-    rebuild a run's scenario without needing its models).
+    rebuild a run's scenario without needing its models). A derived model without a ``threshold`` of
+    its own gets its source's (shifted by ``threshold_shift``), so that every stage reads the threshold
+    the model runs with from the scenario.
     """
     data, positions = load_yaml_with_positions(text, file)
     if not isinstance(data, dict):
@@ -334,7 +362,11 @@ def parse_scenario(text: str, file: str = "<scenario>", *, check_imports: bool =
     problems = _semantic_problems(scenario, file, positions, check_imports)
     if problems:
         raise ScenarioError(problems)
-    return scenario
+    models = [
+        m if m.derive is None else m.model_copy(update={"threshold": derived_threshold(scenario, i)})
+        for i, m in enumerate(scenario.models)
+    ]
+    return scenario.model_copy(update={"models": models})
 
 
 def load_scenario(path: str | Path) -> LoadedScenario:

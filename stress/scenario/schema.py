@@ -7,7 +7,7 @@ registries in a second pass (:mod:`stress.scenario.loader`), which also validate
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -104,12 +104,100 @@ class CommandIO(_Model):
     batch: int = Field(1, ge=1, le=4096)
 
 
+class _Derive(_Model):
+    """What every ``derive:`` entry has: ``from``, the name of the model it starts from, and ``update``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    source: str = Field(alias="from", pattern=r"^[A-Za-z0-9_.\-]+$")
+
+    def settings(self) -> dict[str, Any]:
+        """The update's own settings (everything but ``from`` and ``update``), JSON-ready."""
+        return self.model_dump(mode="json", by_alias=True, exclude={"source", "update"})
+
+
+class DeriveInt8(_Derive):
+    """Weight-only int8: each conv/linear weight rounded to int8 with one float32 scale per output channel."""
+
+    update: Literal["quantize_int8"]
+
+
+class DerivePrune(_Derive):
+    """L1 magnitude pruning: the ``amount`` smallest conv/linear weights zeroed, per layer or globally."""
+
+    update: Literal["prune"]
+    amount: float = Field(gt=0.0, lt=1.0)
+    scope: Literal["layer", "global"] = "layer"
+
+
+class DeriveWeightNoise(_Derive):
+    """Gaussian weight noise: each conv/linear weight tensor += N(0, (std * rms(weight))^2), seeded."""
+
+    update: Literal["weight_noise"]
+    std: float = Field(gt=0.0, le=10.0)
+    seed: int = Field(0, ge=0, lt=2**63)
+
+
+class DeriveThresholdShift(_Derive):
+    """The source model unchanged, its decision threshold moved by ``delta``."""
+
+    update: Literal["threshold_shift"]
+    delta: float = Field(ge=-1.0, le=1.0)
+
+
+class DeriveTemperature(_Derive):
+    """A calibration shift: ``p' = sigmoid(logit(p) / temperature + logit_shift)``."""
+
+    update: Literal["temperature"]
+    temperature: float = Field(gt=0.0, le=1000.0)
+    logit_shift: float = Field(0.0, ge=-50.0, le=50.0)
+
+
+class FineTuneShift(_Model):
+    """The perturbation of the fine-tuning cases (after the baseline, replacing a step of the same name)."""
+
+    name: str
+    severity: float
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class DeriveFineTune(_Derive):
+    """Adam on the binary cross-entropy of the model's probabilities, ``steps`` batches of fresh phantoms."""
+
+    update: Literal["fine_tune"]
+    steps: int = Field(20, ge=1, le=100_000)
+    batch_size: int = Field(4, ge=1, le=256)
+    lr: float = Field(1e-4, gt=0.0, le=1.0)
+    seed: int = Field(0, ge=0, lt=2**63)
+    shift: FineTuneShift | None = None
+
+
+_DERIVE_CLASSES = (
+    DeriveInt8,
+    DerivePrune,
+    DeriveWeightNoise,
+    DeriveThresholdShift,
+    DeriveTemperature,
+    DeriveFineTune,
+)
+DeriveSpec = Annotated[Union[_DERIVE_CLASSES], Field(discriminator="update")]  # noqa: UP007
+# update name -> its class, e.g. "prune" -> DerivePrune
+DERIVE_UPDATES: dict[str, type[_Derive]] = {
+    c.model_fields["update"].annotation.__args__[0]: c
+    for c in _DERIVE_CLASSES  # type: ignore[union-attr]
+}
+# Updates that change weights: they need a source whose weights we hold (a python torch.nn.Module).
+WEIGHT_UPDATES = ("quantize_int8", "prune", "weight_noise", "fine_tune")
+
+
 class ModelSection(_Model):
-    """A model under test. Exactly one adapter key names how to load it.
+    """A model under test. Exactly one adapter key names how to load it, or ``derive`` makes it from another.
 
     Adapter keys: ``python: pkg.mod:factory``, ``torchscript: file.pt``, ``onnx: file.onnx``,
     ``monai_bundle: dir`` or ``command: "exe {input} {output}"`` (a black box; see :class:`CommandIO`).
-    Relative paths are resolved against the scenario file's folder.
+    Relative paths are resolved against the scenario file's folder. ``derive: {from: name, update: ...}``
+    is a simulated update of a model listed earlier (see docs/model-updates.md); a derived model keeps its
+    source's threshold unless it sets its own.
     """
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
@@ -122,20 +210,38 @@ class ModelSection(_Model):
     command_io: CommandIO = Field(default_factory=CommandIO)
     kwargs: dict[str, Any] = Field(default_factory=dict)
     threshold: float = Field(0.5, ge=0.0, le=1.0)
+    derive: DeriveSpec | None = None
 
     @model_validator(mode="after")
     def _one_adapter(self) -> ModelSection:
-        given = [k for k in ADAPTER_KEYS if getattr(self, k) is not None]
+        given = [k for k in (*ADAPTER_KEYS, "derive") if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError(
-                f"a model needs exactly one adapter key, got {given or 'none'} (expected one of "
-                f"{', '.join(ADAPTER_KEYS)}, e.g. python: 'module:factory')"
+                f"a model needs exactly one adapter key or derive, got {given or 'none'} (expected one of "
+                f"{', '.join(ADAPTER_KEYS)}, derive; e.g. python: 'module:factory')"
             )
+        if self.derive is not None:
+            extra = sorted({"kwargs", "command_io"} & self.model_fields_set)
+            if extra:
+                raise ValueError(
+                    f"{' and '.join(extra)} cannot be given for a derived model (it is made from "
+                    f"'{self.derive.source}', expected only name, role, threshold and derive)"
+                )
+            if self.derive.update == "threshold_shift" and "threshold" in self.model_fields_set:
+                raise ValueError(
+                    "threshold and derive.update 'threshold_shift' both set the threshold "
+                    "(expected one of them: the shift is added to the source's threshold)"
+                )
         return self
 
     @property
     def adapter(self) -> tuple[str, str]:
-        """``(adapter name, target)``, e.g. ``("python", "stress.models.demo:reference")``."""
+        """``(adapter name, target)``, e.g. ``("python", "stress.models.demo:reference")``.
+
+        A derived model gives ``("derive", source name)``.
+        """
+        if self.derive is not None:
+            return "derive", self.derive.source
         key = next(k for k in ADAPTER_KEYS if getattr(self, k) is not None)
         return key, str(getattr(self, key))
 

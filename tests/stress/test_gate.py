@@ -4,9 +4,9 @@ import xml.etree.ElementTree as ET
 import pandas as pd
 import pytest
 
+from stress.errors import ScenarioError
 from stress.gate import evaluate_gate, junit_xml, parse_rule
 from stress.gate.rules import Condition, RuleSyntaxError
-from stress.errors import ScenarioError
 from stress.scenario import parse_scenario
 
 SCENARIO = """
