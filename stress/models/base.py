@@ -8,6 +8,7 @@ object and fingerprint it (SHA-256 of its weight files and of its parameters) fo
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 import math
@@ -178,4 +179,14 @@ def load_model(
             f"models[{index}].{adapter_name}: this adapter is not available in this installation "
             f"(available: {', '.join(ADAPTERS.names())})"
         )
-    return ADAPTERS.get(adapter_name)(section, device, f"models[{index}]", Path(base_dir))
+    loaded = ADAPTERS.get(adapter_name)(section, device, f"models[{index}]", Path(base_dir))
+    if not section.preprocess:
+        return loaded
+    from stress.models.preprocess import Preprocessed  # here: keeps this module free of torch.nn.functional
+
+    steps = [step.model_dump(mode="json") for step in section.preprocess]
+    return dataclasses.replace(
+        loaded,
+        predictor=Preprocessed(loaded.predictor, section.preprocess),
+        fingerprint={**loaded.fingerprint, "preprocess": steps},
+    )

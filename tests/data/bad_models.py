@@ -44,3 +44,18 @@ class _InPlace:
 
 def in_place_model(device="cpu"):
     return _InPlace()
+
+
+class _Recorder:
+    """Answers 0.5 and keeps the last input and spacing it was given (for pre-processing tests)."""
+
+    def __init__(self) -> None:
+        self.seen = None
+
+    def predict(self, image, spacing_mm):
+        self.seen = (image.clone(), tuple(spacing_mm))
+        return torch.full((image.shape[0],), 0.5)
+
+
+def recorder(device="cpu"):
+    return _Recorder()
