@@ -33,7 +33,7 @@ from reportlab.platypus import (
 from evidence.figures import robustness_curve, robustness_grid
 from stress.gate import evaluate_gate
 from stress.rundata import RunData, load_run
-from stress.store import write_atomic
+from stress.store import RunStore, write_atomic
 
 _STYLES = getSampleStyleSheet()
 MARGIN_MM = 18
@@ -269,6 +269,17 @@ def _traceability_section(run: RunData) -> list[Any]:
         ["platform", soft["platform"]],
     ]
     rows += [[name, str(v)] for name, v in sorted(soft["packages"].items())]
+    timings = RunStore(run.root).read_timings()
+    if len(timings):
+        per_case = timings.assign(ms=1000.0 * timings["seconds"] / timings["n_cases"])
+        for model, g in per_case.groupby("model", sort=True):
+            rows.append(
+                [
+                    f"inference time, {model}",
+                    f"median {g['ms'].median():.2f} ms per case over {len(g)} calls (measured on "
+                    f"{man['device']}; differs run to run)",
+                ]
+            )
     story.append(_table(["item", "value"], rows, [40 * mm, 130 * mm]))
     story.append(Spacer(1, 4 * mm))
     story.append(

@@ -8,8 +8,10 @@ chunk computed after a resume is identical to the one a clean run would have wri
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -187,9 +189,15 @@ def run_chunk(
     progress: Progress | None = None,
     task: Any = None,
     healthy: set[str] | None = None,
-) -> pd.DataFrame:
-    """All rows of one chunk of cases (``healthy``: models that have produced a valid output so far)."""
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """All result rows of one chunk of cases, and the models' inference times for it.
+
+    ``healthy`` holds the models that have produced a valid output so far (see :func:`_fail_fast`).
+    Timings (one row per model call: model, first case, cases, seconds) are kept apart from the
+    results, which stay a pure function of the scenario.
+    """
     healthy = set() if healthy is None else healthy
+    timings: list[dict[str, Any]] = []
     gen = PHANTOMS.get(sc.phantom.generator)
     spec = phantom_spec(sc)
     start = chunk * sc.execution.chunk_cases
@@ -214,7 +222,19 @@ def run_chunk(
             records = [json.dumps([s.record(b) for s in steps], sort_keys=True) for b in range(len(indices))]
             for model in models:
                 # A copy per model: a model that normalises its input in place must not change the next one's.
-                scores, errors = model.predict(image.clone(), told, ids)
+                model_input = image.clone()
+                started = _clock(device)
+                scores, errors = model.predict(model_input, told, ids)
+                timings.append(
+                    {
+                        "chunk": chunk,
+                        "model": model.name,
+                        "sweep": point.sweep,
+                        "first_case": ids[0],
+                        "n_cases": len(ids),
+                        "seconds": _clock(device) - started,
+                    }
+                )
                 _fail_fast(model, errors, ids, point, healthy)
                 for b, score in enumerate(scores.tolist()):
                     rows.append(
@@ -232,7 +252,14 @@ def run_chunk(
                     )
                 if progress is not None:
                     progress.advance(task, len(indices))
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows), pd.DataFrame(timings)
+
+
+def _clock(device: torch.device) -> float:
+    """Wall-clock seconds, after waiting for the device's queued work (CUDA runs asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 def resolve_device(name: str) -> torch.device:
@@ -280,7 +307,11 @@ def load_models(sc: Scenario, device: torch.device, base_dir: Path) -> list[Load
                     f"models[{i}].derive.from: model '{m.derive.source}' is not made before '{m.name}' "
                     "(expected a model listed earlier)"
                 )
-            made[m.name] = derive_model(m, made[m.derive.source], sc, device, f"models[{i}]")
+            source = made[m.derive.source]
+            derived = derive_model(m, source, sc, device, f"models[{i}]")
+            made[m.name] = dataclasses.replace(
+                derived, amp=source.amp
+            )  # a derived model runs like its source
     return [made[m.name] for m in sc.models]
 
 
@@ -336,7 +367,9 @@ def run_scenario(
         )
         healthy: set[str] = set()
         for chunk in todo:
-            store.write_part(chunk, run_chunk(sc, chunk, models, device, progress, task, healthy))
+            rows, timings = run_chunk(sc, chunk, models, device, progress, task, healthy)
+            store.write_timings(chunk, timings)  # first: a chunk whose results exist has its timings
+            store.write_part(chunk, rows)
     results = store.read_results()
     metrics = compute_metrics_table(results, sc)
     write_frame_atomic(store.root / METRICS, metrics)

@@ -6,6 +6,8 @@
                                       one row per case x sweep point x model, one part
                                       file per chunk of cases (a Parquet dataset directory)
     DIR/metrics.parquet               statistics computed from the results
+    DIR/timings/part-NNNNN.parquet    inference seconds per model call (measured: differs run to run,
+                                      so not among the hashed outputs)
 
 Each part file is written to a temporary name, flushed to disk and renamed, so a part either
 exists whole or not at all; an interrupted run (Ctrl-C, ``kill -9``) resumes by computing only the
@@ -31,6 +33,7 @@ FORMAT = "phantom-stress/run/2"  # 2: sweep and *_2 columns (two-family grid swe
 MANIFEST = "manifest.json"
 RESULTS = "results.parquet"
 METRICS = "metrics.parquet"
+TIMINGS = "timings"  # inference seconds per model call: measured, so not part of the reproducible outputs
 PACKAGES = (
     "torch",
     "numpy",
@@ -134,6 +137,17 @@ class RunStore:
         """Write the rows of one chunk atomically."""
         self.results_dir.mkdir(parents=True, exist_ok=True)
         write_frame_atomic(self.part_path(chunk), frame)
+
+    def write_timings(self, chunk: int, frame: pd.DataFrame) -> None:
+        """Write the inference times of one chunk atomically (``timings/part-NNNNN.parquet``)."""
+        (self.root / TIMINGS).mkdir(parents=True, exist_ok=True)
+        write_frame_atomic(self.root / TIMINGS / f"part-{chunk:05d}.parquet", frame)
+
+    def read_timings(self) -> pd.DataFrame:
+        """Every model call's inference time (empty when the run kept none)."""
+        parts = sorted((self.root / TIMINGS).glob("part-*.parquet"))
+        frames = [pd.read_parquet(p) for p in parts]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
     def read_results(self) -> pd.DataFrame:
         """All result rows, in (chunk, row) order."""

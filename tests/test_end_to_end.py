@@ -43,6 +43,11 @@ def test_run_writes_manifest_results_and_metrics(clean_run):
     assert {"sex", "bmi_band", "lesion_size", "label", "params_json", "score"} <= set(results.columns)
     params = json.loads(results.loc[results["perturbation"] == "gaussian_blur", "params_json"].iloc[-1])
     assert [p["name"] for p in params] == ["ct_dose", "gaussian_blur"]  # baseline, then the sweep
+    timings = pd.read_parquet(run / "timings")
+    # one row per model call: 6 batches of 2 cases x 4 sweep points x 2 models
+    assert len(timings) == 6 * 4 * 2 and (timings["seconds"] > 0).all()
+    assert timings.groupby("model")["n_cases"].sum().to_dict() == {"v1": 48, "v2": 48}
+    assert not any(k.startswith("timings") for k in manifest["outputs"])  # measured, not reproducible
 
 
 def _interrupt_after_first_chunk(scenario: Path, out: Path, sig: int) -> subprocess.Popen:

@@ -57,6 +57,7 @@ class LoadedModel:
     threshold: float
     predictor: Predictor
     fingerprint: dict[str, Any] = field(default_factory=dict)
+    amp: bool = False
 
     def predict(
         self, image: Tensor, spacing_mm: tuple[float, float, float], case_ids: list[str]
@@ -71,7 +72,7 @@ class LoadedModel:
         """
         n = len(case_ids)
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), autocast(image.device, self.amp):
                 out = self.predictor.predict(image, spacing_mm)
         except Exception as exc:  # noqa: BLE001  (any failure of third-party model code is bad model output)
             return _all_failed(n, f"predict() raised {type(exc).__name__}: {exc}")
@@ -95,6 +96,12 @@ class LoadedModel:
             if errors[i] is not None:
                 scores[i] = math.nan
         return scores, errors
+
+
+def autocast(device: torch.device, enabled: bool) -> torch.autocast:
+    """Mixed precision for inference: float16 on CUDA, bfloat16 on the CPU (off unless ``enabled``)."""
+    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    return torch.autocast(device_type=device.type, dtype=dtype, enabled=enabled)
 
 
 def _all_failed(n: int, reason: str) -> tuple[Tensor, list[str | None]]:
@@ -180,6 +187,8 @@ def load_model(
             f"(available: {', '.join(ADAPTERS.names())})"
         )
     loaded = ADAPTERS.get(adapter_name)(section, device, f"models[{index}]", Path(base_dir))
+    if section.amp:
+        loaded = dataclasses.replace(loaded, amp=True, fingerprint={**loaded.fingerprint, "amp": True})
     if not section.preprocess:
         return loaded
     from stress.models.preprocess import Preprocessed  # here: keeps this module free of torch.nn.functional

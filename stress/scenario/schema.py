@@ -213,6 +213,7 @@ class ModelSection(_Model):
     threshold: float = Field(0.5, ge=0.0, le=1.0)
     derive: DeriveSpec | None = None
     preprocess: list[PreprocessStep] = Field(default_factory=list)
+    amp: bool = False
 
     @model_validator(mode="after")
     def _one_adapter(self) -> ModelSection:
@@ -223,12 +224,12 @@ class ModelSection(_Model):
                 f"{', '.join(ADAPTER_KEYS)}, derive; e.g. python: 'module:factory')"
             )
         if self.derive is not None:
-            extra = sorted({"kwargs", "command_io", "preprocess"} & self.model_fields_set)
+            extra = sorted({"kwargs", "command_io", "preprocess", "amp"} & self.model_fields_set)
             if extra:
                 raise ValueError(
                     f"{' and '.join(extra)} cannot be given for a derived model (it is made from "
-                    f"'{self.derive.source}' and keeps its preprocess; expected only name, role, threshold "
-                    "and derive)"
+                    f"'{self.derive.source}' and keeps its preprocess and amp; expected only name, role, "
+                    "threshold and derive)"
                 )
             if self.derive.update == "threshold_shift" and "threshold" in self.model_fields_set:
                 raise ValueError(

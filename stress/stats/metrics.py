@@ -3,6 +3,10 @@
 Every metric takes case weights ``(R, n)`` (bootstrap counts; a row of ones is the sample itself)
 and returns ``(R,)`` values, NaN where undefined (e.g. no positive case in a resample). The
 sample estimates agree with scikit-learn (``roc_auc_score``, ``recall_score``), which the tests check.
+
+Label-free consistency metrics (``needs_reference``) compare each case's score with the same
+model's score on the same case at the sweep's reference point (:mod:`stress.stats.consistency`);
+they ignore the labels.
 """
 
 from __future__ import annotations
@@ -72,14 +76,40 @@ def weighted_specificity(y_true: NDArray, y_score: NDArray, weights: Array, thre
         return (weights @ hit) / (weights @ y)
 
 
+def _weighted_mean(x: NDArray, weights: Array) -> Array:
+    """Mean of the per-case values ``x`` for each row of case weights; NaN for a row of zero weight."""
+    w = np.asarray(weights, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (w @ np.asarray(x, dtype=np.float64)) / w.sum(axis=1)
+
+
+def weighted_flip_rate(y_score: NDArray, y_reference: NDArray, weights: Array, threshold: float) -> Array:
+    """Fraction of cases whose decision ``score >= threshold`` differs from the decision on the reference."""
+    flip = (np.asarray(y_score) >= threshold) != (np.asarray(y_reference) >= threshold)
+    return _weighted_mean(flip, weights)
+
+
+def weighted_output_drift(
+    y_score: NDArray, y_reference: NDArray, weights: Array, signed: bool = False
+) -> Array:
+    """Mean ``|score - reference score|`` (or the signed mean with ``signed``) for each row of weights."""
+    diff = np.asarray(y_score, dtype=np.float64) - np.asarray(y_reference, dtype=np.float64)
+    return _weighted_mean(diff if signed else np.abs(diff), weights)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Metric:
-    """A registered metric: ``compute(y_true, y_score, weights (R, n), threshold) -> (R,)``."""
+    """A registered metric: ``compute(y_true, y_score, weights (R, n), threshold) -> (R,)``.
+
+    With ``needs_reference``, ``compute`` takes a fifth argument: the same model's scores on the same
+    cases at the sweep's reference point, aligned with ``y_score``; such a metric needs no labels.
+    """
 
     name: str
     description: str
     unit: str
-    compute: Callable[[NDArray, NDArray, Array, float], Array]
+    compute: Callable[..., Array]
+    needs_reference: bool = False
 
 
 METRICS: Registry[Metric] = Registry("metric")
@@ -108,5 +138,36 @@ METRICS.register(
         unit="fraction",
         compute=weighted_specificity,
         description="true-negative rate at the model's threshold",
+    ),
+)
+METRICS.register(
+    "flip_rate",
+    Metric(
+        name="flip_rate",
+        unit="fraction",
+        compute=lambda y, s, w, t, ref: weighted_flip_rate(s, ref, w, t),
+        needs_reference=True,
+        description="label-free: fraction of cases whose decision at the threshold differs from the "
+        "sweep's reference point",
+    ),
+)
+METRICS.register(
+    "output_drift",
+    Metric(
+        name="output_drift",
+        unit="probability",
+        compute=lambda y, s, w, t, ref: weighted_output_drift(s, ref, w),
+        needs_reference=True,
+        description="label-free: mean |score - score at the sweep's reference point|",
+    ),
+)
+METRICS.register(
+    "output_drift_signed",
+    Metric(
+        name="output_drift_signed",
+        unit="probability",
+        compute=lambda y, s, w, t, ref: weighted_output_drift(s, ref, w, signed=True),
+        needs_reference=True,
+        description="label-free: mean (score - score at the sweep's reference point); < 0: scores fall",
     ),
 )

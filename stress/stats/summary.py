@@ -5,6 +5,10 @@ Subgroups are the overall population (``subgroup == "all"``) and each level of e
 positive cases of that level and *all* negative cases, so that threshold-free metrics such as AUC
 stay defined. One matrix of bootstrap case counts is drawn per run from the scenario seed and
 shared by every cell, which pairs the intervals across models, perturbations and severities.
+
+Label-free consistency metrics (``Metric.needs_reference``) also get the same model's scores on the
+same cases at the sweep's reference point (:mod:`stress.stats.consistency`); a case failed at the
+point *or* at the reference is left out of them and counted in their ``n_failed``.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from stress.errors import StressError
 from stress.scenario.loader import phantom_spec
 from stress.scenario.schema import Scenario
 from stress.stats.bootstrap import bootstrap_counts, percentile_ci
+from stress.stats.consistency import NO_REFERENCE, reference_scores
 from stress.stats.metrics import METRICS
 
 STREAM_BOOTSTRAP = 3
@@ -60,29 +65,36 @@ def compute_metrics_table(results: pd.DataFrame, scenario: Scenario) -> pd.DataF
     weights = np.vstack([np.ones((1, len(case_index))), counts])
     thresholds = {m.name: m.threshold for m in scenario.models}
     subgroups = list(_subgroups(cases, scenario))
+    metrics = [(name, METRICS.get(name)) for name in scenario.metrics]
+    references = reference_scores(results, case_index) if any(m.needs_reference for _, m in metrics) else {}
     rows = []
     # dropna=False: ``severity_2`` is NaN for the cells of 1-D sweeps.
     for key, group in results.groupby(GROUP_KEYS, sort=True, dropna=False):
+        cell = dict(zip(GROUP_KEYS, key, strict=True))
         group = group.set_index("case_index").reindex(case_index)
         if group["model"].isna().any():
             raise StressError(
-                f"results.parquet: missing rows for {dict(zip(GROUP_KEYS, key, strict=True))} "
+                f"results.parquet: missing rows for {cell} "
                 "(expected one row per case; re-run the same `stress run` command to complete the run)"
             )
         y, s = group["label"].to_numpy().astype(int), group["score"].to_numpy()
         failed = group["error"].to_numpy() != ""
+        ref = references.get((cell["model"], cell["sweep"]))
         for attr, level, in_group in subgroups:
-            # Cases the model failed on are left out of the metric and counted in n_failed.
-            mask = in_group & ~failed
-            for metric in scenario.metrics:
-                values = METRICS.get(metric).compute(y[mask], s[mask], weights[:, mask], thresholds[key[0]])
+            for name, metric in metrics:
+                # Cases the model failed on (for a consistency metric: at the point or at the reference)
+                # are left out of the metric and counted in n_failed.
+                excluded = failed | ref.failed if metric.needs_reference else failed
+                mask = in_group & ~excluded
+                args = (ref.scores[mask],) if metric.needs_reference else ()
+                values = metric.compute(y[mask], s[mask], weights[:, mask], thresholds[cell["model"]], *args)
                 ci = percentile_ci(values[0], values[1:], boot.level)
                 rows.append(
                     {
-                        **dict(zip(GROUP_KEYS, key, strict=True)),
+                        **cell,
                         "subgroup": attr,
                         "level": level,
-                        "metric": metric,
+                        "metric": name,
                         "estimate": ci.estimate,
                         "ci_low": ci.low,
                         "ci_high": ci.high,
@@ -92,7 +104,8 @@ def compute_metrics_table(results: pd.DataFrame, scenario: Scenario) -> pd.DataF
                         "n_cases": int(mask.sum()),
                         "n_positive": int(y[mask].sum()),
                         "n_negative": int((1 - y[mask]).sum()),
-                        "n_failed": int((in_group & failed).sum()),
+                        "n_failed": int((in_group & excluded).sum()),
+                        **(ref.point.columns() if metric.needs_reference else NO_REFERENCE),
                     }
                 )
     return pd.DataFrame(rows)

@@ -124,3 +124,17 @@ def test_bad_steps_are_scenario_errors_with_their_location(tmp_path, step, messa
     with pytest.raises(ScenarioError, match=message) as err:
         parse_scenario(text, "p.yaml")
     assert "p.yaml:9" in str(err.value) and "preprocess" in str(err.value)
+
+
+def test_amp_runs_the_model_in_reduced_precision_and_is_recorded():
+    full = load_model(_section(python="stress.models.demo:reference"), torch.device("cpu"), 0)
+    section = ModelSection.model_validate(
+        {"name": "m", "role": "reference", "python": "stress.models.demo:reference", "amp": True}
+    )
+    amp = load_model(section, torch.device("cpu"), 0)
+    x = _image(shape=(2, 1, 16, 32, 32))
+    p_full, _ = full.predict(x.clone(), SPACING, ["a", "b"])
+    p_amp, errors = amp.predict(x.clone(), SPACING, ["a", "b"])
+    assert errors == [None, None] and amp.fingerprint["amp"] is True
+    diff = (p_full - p_amp).abs().max().item()
+    assert 0 < diff < 0.05  # bfloat16 on the CPU: close, but not bit-identical
