@@ -38,7 +38,7 @@ from perturbations.base import (
     draw_seed,
     per_case,
 )
-from perturbations.random import standard_normal
+from perturbations.random import add_normal
 
 
 class CTDoseSpec(PerturbationSpec):
@@ -87,8 +87,7 @@ def apply_ct_dose(x: Tensor, spacing_mm: Spacing, params: Sequence[CTDoseParams]
     """
     check_batch(x, params, "ct_dose")
     seeds = torch.tensor([p.seed for p in params], dtype=torch.int64, device=x.device)
-    noise = standard_normal(seeds, tuple(x.shape[1:]), dtype=x.dtype)
-    return x + per_case(params, "added_noise_hu", x) * noise
+    return add_normal(x, seeds, per_case(params, "added_noise_hu", x))
 
 
 PERTURBATIONS.register(

@@ -43,7 +43,6 @@ from perturbations.mri_common import (
     case_seeds,
     centred_index,
     physical_severity,
-    reconstruct,
     register,
     seeded_signed_uniform,
 )
@@ -164,6 +163,59 @@ def _sampling_grid(
     return torch.cat([theta[:, :, :3].flip(-1, -2), theta[:, :, 3:].flip(-2)], dim=-1)
 
 
+def grid_terms(theta: Tensor, shape: Sequence[int], dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """The separable terms of ``F.affine_grid(theta, (N, C, *shape), align_corners=False)``.
+
+    The grid is ``theta @ (u_W, u_H, u_D, 1)`` at the normalised voxel centres ``u = (2 i + 1) / n - 1``:
+    each of its coordinates is a ``(D, H)`` plane plus a ``(W,)`` row, computed here in float64.
+
+    Returns:
+        ``plane`` ``(N, 3, D, H, 1)`` and ``row`` ``(N, 3, 1, 1, W)`` in ``dtype``, coordinates in
+        grid_sample's (x, y, z) order.
+    """
+    n = theta.shape[0]
+    d, h, w = shape
+    u_w, u_h, u_d = (
+        (torch.arange(size, dtype=torch.float64, device=theta.device) * 2.0 + 1.0) / size - 1.0
+        for size in (w, h, d)
+    )
+    th = theta.view(n, 3, 4, 1, 1)
+    plane = th[:, :, 2] * u_d.view(d, 1) + th[:, :, 1] * u_h.view(1, h) + th[:, :, 3]  # (N, 3, D, H)
+    row = theta[:, :, 0].unsqueeze(-1) * u_w  # (N, 3, W)
+    return plane.to(dtype).unsqueeze(-1), row.to(dtype).view(n, 3, 1, 1, w)
+
+
+def affine_sampling_grid(
+    theta: Tensor,
+    shape: Sequence[int],
+    dtype: torch.dtype,
+    slices: tuple[int, int] | None = None,
+    terms: tuple[Tensor, Tensor] | None = None,
+    out: Tensor | None = None,
+) -> Tensor:
+    """``F.affine_grid(theta, (N, C, *shape), align_corners=False)`` from its separable terms.
+
+    The :func:`grid_terms` are added once at full size into one contiguous ``(N, 3, D, H, W)`` block
+    (vectorised along W) instead of multiplying a ``(N, D, H, W, 4)`` base grid by ``theta``; the result is
+    its ``(N, D, H, W, 3)`` view (grid_sample reads any strides). Equal to ``affine_grid`` up to rounding.
+
+    Args:
+        theta: ``(N, 3, 4)`` float64.
+        shape: ``(D, H, W)``.
+        dtype: dtype of the grid.
+        slices: ``(start, stop)``: only the output slices ``start .. stop - 1`` along D (all if ``None``).
+        terms: the :func:`grid_terms` of ``theta``, if already computed.
+        out: optional ``(N, 3, stop - start, H, W)`` buffer for the grid.
+
+    Returns:
+        ``(N, D, H, W, 3)`` grid in grid_sample's (x, y, z) order (``stop - start`` slices if given).
+    """
+    plane, row = grid_terms(theta, shape, dtype) if terms is None else terms
+    if slices is not None:
+        plane = plane[:, :, slices[0] : slices[1]]
+    return torch.add(plane, row, out=out).permute(0, 2, 3, 4, 1)
+
+
 def segment_masks(times: Tensor, n: int) -> Tensor:
     """``(B, T, n)`` masks over unshifted W bins: where k-space comes from transform ``m`` (TorchIO's order).
 
@@ -181,15 +233,123 @@ def segment_masks(times: Tensor, n: int) -> Tensor:
     return pose.unsqueeze(1) == transform
 
 
+def hermitian_weights(masks: Tensor) -> tuple[Tensor, Tensor]:
+    """Weights of the ``rfft`` bins ``k = 0 .. n // 2`` that give the real and imaginary residual.
+
+    For real moved images ``d_m`` (``D_m(-k) = conj(D_m(k))``), the assembled spectrum ``S = sum_m M_m D_m``
+    has ``Re IFFT(S) = irfft(sum_m D_m (M_m(k) + M_m(-k)) / 2)`` and
+    ``Im IFFT(S) = irfft(sum_m D_m (M_m(k) - M_m(-k)) / 2i)``: both are inverse transforms of Hermitian
+    half spectra.
+
+    Args:
+        masks: ``(B, T, n)`` bool or float masks over the unshifted bins.
+
+    Returns:
+        ``(even, odd)``, ``(B, T, n // 2 + 1)`` float64: ``(M(k) + M(-k)) / 2`` and ``(M(k) - M(-k)) / 2``.
+    """
+    n = masks.shape[-1]
+    m = masks.to(torch.float64)
+    k = torch.arange(n // 2 + 1, device=masks.device)
+    plus, minus = m[..., k], m[..., (-k) % n]
+    return (plus + minus) / 2.0, (plus - minus) / 2.0
+
+
+CHUNK_POINTS = 1 << 19
+"""Output points resampled per step (all pairs together): slabs of whole D slices, so that the grid, the
+moved slab and its spectrum stay a few MiB each."""
+
+
+def _residual_parts(
+    x: Tensor,
+    spacing_mm: base.Spacing,
+    motion: tuple[Tensor, Tensor, Tensor],
+    imaginary: bool,
+    pairs: Sequence[tuple[int, int]] | None = None,
+    plus_x: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    """Real and (if ``imaginary``) imaginary parts of the residual of :func:`motion_residual`, real tensors.
+
+    The (case, transform) ``pairs`` that may move (all ``B * T`` if ``None``; chosen on the host from the
+    params, so that nothing waits for the device) are resampled together by ``grid_sample`` (input
+    ``x - min``: TorchIO's default value outside the field of view is the image minimum, and grid_sample
+    pads with zeros), slab by slab along D (the W transforms act within each slab); per slab, ``rfft``
+    along W of ``moved - (x - min)``, the Hermitian segment weights of :func:`hermitian_weights` (zero
+    for a pose that does not move), and one ``irfft`` per part. With ``plus_x`` the real part is
+    ``x + residual.real``.
+    """
+    degrees, translation_mm, times = motion
+    b, c, *shape = x.shape
+    d, h, w = shape
+    if pairs is None:
+        pairs = [(i, m) for i in range(b) for m in range(times.shape[1])]
+    real = torch.empty_like(x)
+    imag = torch.zeros_like(x) if imaginary else None
+    if not pairs:
+        return (real.copy_(x) if plus_x else real.zero_()), imag
+    moving = ((degrees != 0) | (translation_mm != 0)).any(dim=-1)  # (B, T)
+    masks = segment_masks(times, w) & moving.unsqueeze(-1)  # a still pose changes nothing
+    case, slot = torch.tensor(pairs, dtype=torch.int64, device=x.device).unbind(-1)
+    rotation = rotation_matrices(degrees[case, slot])
+    theta = _sampling_grid(rotation, translation_mm[case, slot], shape, spacing_mm)
+    even, odd = hermitian_weights(masks[case, slot])  # (N, w // 2 + 1) each
+    even = even.to(x.dtype)
+    complex_dtype = torch.complex128 if x.dtype == torch.float64 else torch.complex64
+    odd = odd.to(torch.complex128).mul(-1j).to(complex_dtype)
+    source = x - x.amin(dim=(2, 3, 4), keepdim=True)  # (B, C, D, H, W), minus each channel's minimum
+    source = source.expand(len(pairs), *source.shape[1:]) if b == 1 else source.index_select(0, case)
+    step = max(1, CHUNK_POINTS // (len(pairs) * c * h * w))
+    terms = grid_terms(theta, shape, x.dtype)
+    buffer = torch.empty((len(pairs), 3, min(step, d), h, w), dtype=x.dtype, device=x.device)
+    for start in range(0, d, step):
+        stop = min(d, start + step)
+        grid = affine_sampling_grid(theta, shape, x.dtype, (start, stop), terms, buffer[:, :, : stop - start])
+        moved = F.grid_sample(source, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        moved.sub_(source[:, :, start:stop])  # moved pose minus original, both relative to the minimum
+        spectra = torch.fft.rfft(moved, dim=-1)  # (N, C, slab, H, w // 2 + 1)
+        part = _assemble(spectra, even, case, b, w, in_place=not imaginary)
+        if plus_x:
+            torch.add(part, x[:, :, start:stop], out=real[:, :, start:stop])
+        else:
+            real[:, :, start:stop] = part
+        if imag is not None:
+            # Im IFFT(S) = irfft(sum_m D_m (M(k) - M(-k)) / 2i): the odd weights times -i.
+            imag[:, :, start:stop] = _assemble(spectra, odd, case, b, w, in_place=True)
+    return real, imag
+
+
+def _assemble(spectra: Tensor, weights: Tensor, case: Tensor, b: int, w: int, in_place: bool) -> Tensor:
+    """``irfft`` along W (length ``w``) of ``sum`` over each case's pairs of ``spectra * weights``.
+
+    Args:
+        spectra: ``(N, C, D, H, w // 2 + 1)`` complex, one row per (case, transform) pair.
+        weights: ``(N, w // 2 + 1)`` real or complex bin weights.
+        case: ``(N,)`` case of each pair.
+        b: number of cases.
+        w: length of the W axis.
+        in_place: whether ``spectra`` may be overwritten.
+    """
+    shaped = weights.view(-1, 1, 1, 1, weights.shape[-1])
+    if b == 1:  # one case: a chain of multiply-adds over its pairs
+        total = spectra[:1].mul_(shaped[:1]) if in_place else spectra[:1] * shaped[:1]
+        for i in range(1, spectra.shape[0]):
+            total.addcmul_(spectra[i : i + 1], shaped[i : i + 1])
+        return torch.fft.irfft(total, n=w, dim=-1)
+    weighted = spectra.mul_(shaped) if in_place else spectra * shaped
+    total = torch.zeros((b, *weighted.shape[1:]), dtype=weighted.dtype, device=weighted.device)
+    total.index_add_(0, case, weighted)
+    return torch.fft.irfft(total, n=w, dim=-1)
+
+
 def motion_residual(
     x: Tensor, spacing_mm: base.Spacing, degrees: Tensor, translation_mm: Tensor, times: Tensor
 ) -> Tensor:
     """The complex residual of motion for explicit movements (the kernel of :func:`apply_mri_motion`).
 
-    All ``B * T`` moved images come from one ``affine_grid`` / ``grid_sample`` call; k-space is combined
-    with a 1-D FFT along W only (the segments do not depend on D and H): the assembled k-space is
-    ``FFT(x + r)`` with ``r = IFFT_W(sum_m mask_m FFT_W(moved_m - x))``. A transform whose angles and
-    translation are all zero contributes nothing (exactly).
+    All (case, transform) pairs are resampled together by ``grid_sample``, slab by slab along D; k-space
+    is combined along W only (the segments do not depend on D and H): the assembled k-space is
+    ``FFT(x + r)`` with ``r = IFFT_W(sum_m mask_m FFT_W(moved_m - x))``, computed with real FFTs (see
+    :func:`hermitian_weights`). A transform whose angles and translation are all zero contributes
+    nothing (exactly).
 
     Args:
         x: ``(B, C, D, H, W)``.
@@ -201,31 +361,33 @@ def motion_residual(
     Returns:
         ``r``, complex ``(B, C, D, H, W)``.
     """
-    b, c, *shape = x.shape
-    count = times.shape[1]
-    rotation = rotation_matrices(degrees).view(-1, 3, 3)
-    theta = _sampling_grid(rotation, translation_mm.reshape(-1, 3), shape, spacing_mm)
-    grid = F.affine_grid(theta.to(x.dtype), [b * count, c, *shape], align_corners=False)
-    low = x.amin(dim=(2, 3, 4), keepdim=True)  # TorchIO's default value outside the field of view
-    source = (x - low).unsqueeze(1).expand(b, count, c, *shape).reshape(b * count, c, *shape)
-    moved = F.grid_sample(source, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    moving = ((degrees != 0) | (translation_mm != 0)).any(dim=-1).to(x.dtype).view(b, count, 1, 1, 1, 1)
-    diff = (moved.view(b, count, c, *shape) + low.unsqueeze(1) - x.unsqueeze(1)) * moving
-    masks = segment_masks(times, shape[2]).to(x.dtype).view(b, count, 1, 1, 1, shape[2])
-    combined = (torch.fft.fft(diff, dim=-1) * masks).sum(dim=1)
-    return torch.fft.ifft(combined, dim=-1)
+    real, imag = _residual_parts(x, spacing_mm, (degrees, translation_mm, times), imaginary=True)
+    assert imag is not None
+    return torch.complex(real, imag)
 
 
 def apply_mri_motion(x: Tensor, spacing_mm: base.Spacing, params: Sequence[MRIMotionParams]) -> Tensor:
     """Assemble each case's k-space (along W) from its original pose and its seeded movements.
 
-    Amplitude 0 draws only zero movements: the identity.
+    Amplitude 0 draws only zero movements: the identity. ``output: real`` needs only the real part of
+    the residual (one inverse FFT); ``magnitude`` also computes its imaginary part.
 
     Shape:
         x: ``(B, C, D, H, W)``; ``spacing_mm`` is ``(D, H, W)`` in mm. Same shape, dtype and device out.
     """
     base.check_batch(x, params, "mri_motion")
-    return reconstruct(x, motion_residual(x, spacing_mm, *motion_schedule(params, x)), params)
+    magnitude = [p.output == "magnitude" for p in params]
+    pairs = [
+        (i, m)
+        for i, p in enumerate(params)
+        if p.max_translation_mm > 0 or p.max_rotation_deg > 0
+        for m in range(p.num_transforms)
+    ]
+    out, imag = _residual_parts(x, spacing_mm, motion_schedule(params, x), any(magnitude), pairs, True)
+    if imag is None:
+        return out
+    flags = torch.tensor(magnitude, device=x.device).view(-1, 1, 1, 1, 1)
+    return torch.where(flags, torch.hypot(out, imag), out)
 
 
 def torchio_motion_arguments(

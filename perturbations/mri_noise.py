@@ -88,9 +88,9 @@ def apply_mri_rician_noise(
         shape, dtype and device.
     """
     base.check_batch(x, params, "mri_rician_noise")
-    noise = standard_normal(case_seeds(params, x), (2, *x.shape[1:]), dtype=x.dtype)
     sigma = base.per_case(params, "sigma", x)
-    return torch.hypot(x + sigma * noise[:, 0], sigma * noise[:, 1])
+    noise = standard_normal(case_seeds(params, x), (2, *x.shape[1:]), dtype=x.dtype, scale=sigma)
+    return torch.hypot(noise[:, 0].add_(x), noise[:, 1])
 
 
 register(

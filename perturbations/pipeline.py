@@ -78,10 +78,17 @@ def sample_flip(spec: FlipSpec, severity: float, rng: np.random.Generator) -> Fl
 
 
 def flip_core(x: Tensor, spacing_mm: Spacing, params: Sequence[FlipParams], fill: Tensor) -> Tensor:
-    """Reverse the cases' axis where ``flipped``."""
+    """Reverse the cases' axis where ``flipped``.
+
+    When every case flips the same axis (a whole batch at probability 1) the result is one ``flip`` copy;
+    otherwise flipped and unflipped cases are selected per case.
+    """
     for letter in sorted({p.axis for p in params if p.flipped}):
-        on = case_flags([p.flipped and p.axis == letter for p in params], x)
-        x = torch.where(on, x.flip(axis_dim(letter)), x)
+        chosen = [p.flipped and p.axis == letter for p in params]
+        if all(chosen):
+            x = x.flip(axis_dim(letter))
+        else:
+            x = torch.where(case_flags(chosen, x), x.flip(axis_dim(letter)), x)
     return x
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from scipy import special, stats
 
-from perturbations import PERTURBATIONS, params_from_dict, params_to_dict
+from perturbations import PERTURBATIONS, mri_motion, params_from_dict, params_to_dict
 from perturbations.mri_bias import (
     MRIBiasFieldSpec,
     apply_mri_bias_field,
@@ -31,6 +31,7 @@ from perturbations.mri_motion import (
     apply_mri_motion,
     motion_residual,
     motion_schedule,
+    rotation_matrices,
     sample_mri_motion,
     segment_masks,
     torchio_motion_arguments,
@@ -303,6 +304,60 @@ def test_seeded_translations_keep_the_magnitude_image_energy():
         assert float((y - x).abs().max()) > 1e-4
         real = apply_mri_motion(x, (1.0, 1.0, 1.0), [dataclasses.replace(p, output="real")])
         assert _energy(real) <= _energy(y) * (1 + 1e-9)
+
+
+def _reference_motion_residual(x, spacing, degrees, translation_mm, times):
+    """The plain formulation: affine_grid, one grid_sample of every (case, transform), complex FFT along W,
+    k-space masks, complex inverse FFT (what motion_residual computes with real FFTs, slab by slab)."""
+    import torch.nn.functional as F
+
+    b, c, *shape = x.shape
+    count = times.shape[1]
+    rotation = rotation_matrices(degrees).view(-1, 3, 3)
+    theta = mri_motion._sampling_grid(rotation, translation_mm.reshape(-1, 3), shape, spacing)
+    grid = F.affine_grid(theta.to(x.dtype), [b * count, c, *shape], align_corners=False)
+    low = x.amin(dim=(2, 3, 4), keepdim=True)
+    source = (x - low).unsqueeze(1).expand(b, count, c, *shape).reshape(b * count, c, *shape)
+    moved = F.grid_sample(source, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    moving = ((degrees != 0) | (translation_mm != 0)).any(dim=-1).to(x.dtype).view(b, count, 1, 1, 1, 1)
+    diff = (moved.view(b, count, c, *shape) + low.unsqueeze(1) - x.unsqueeze(1)) * moving
+    masks = segment_masks(times, shape[2]).to(x.dtype).view(b, count, 1, 1, 1, shape[2])
+    return torch.fft.ifft((torch.fft.fft(diff, dim=-1) * masks).sum(dim=1), dim=-1)
+
+
+@pytest.mark.parametrize(
+    ("b", "count", "shape"), [(1, 3, (12, 14, 16)), (3, 3, (9, 10, 15)), (2, 2, (40, 8, 9))]
+)
+def test_motion_residual_equals_the_complex_fft_formulation(b, count, shape, monkeypatch):
+    """Real FFTs with Hermitian segment weights, slabs along D and the separable grid give the residual of the
+    plain complex formulation (odd and even W; a still pose and an empty segment in the batch)."""
+    gen = torch.Generator().manual_seed(5)
+    x = torch.rand(b, 2, *shape, generator=gen) + 0.5
+    degrees = (torch.rand(b, count, 3, generator=gen, dtype=torch.float64) - 0.5) * 12
+    translation = (torch.rand(b, count, 3, generator=gen, dtype=torch.float64) - 0.5) * 6
+    degrees[0, 0], translation[0, 0] = 0.0, 0.0  # a still pose contributes nothing
+    times = torch.sort(torch.rand(b, count, generator=gen, dtype=torch.float64), dim=1).values
+    times[-1, -1] = 2.0  # an empty segment
+    spacing = (1.2, 0.9, 1.1)
+    expected = _reference_motion_residual(x, spacing, degrees, translation, times)
+    assert float(expected.abs().max()) > 0.01
+    monkeypatch.setattr(mri_motion, "CHUNK_POINTS", 700)  # several slabs
+    ours = motion_residual(x, spacing, degrees, translation, times)
+    assert float((ours - expected).abs().max()) < 1e-5
+
+
+def test_separable_grid_equals_affine_grid():
+    import torch.nn.functional as F
+
+    rows = [[0.98, 0.1, -0.05, 0.02], [-0.1, 0.99, 0.03, -0.1], [0.04, -0.02, 1.01, 0.05]]
+    theta = torch.tensor([rows, rows])
+    theta[1, :, 3] = torch.tensor([0.3, -0.2, 0.1])
+    grid = mri_motion.affine_sampling_grid(theta.double(), (7, 9, 11), torch.float32)
+    expected = F.affine_grid(theta, [2, 1, 7, 9, 11], align_corners=False)
+    assert float((grid - expected).abs().max()) < 1e-6
+    torch.testing.assert_close(
+        mri_motion.affine_sampling_grid(theta.double(), (7, 9, 11), torch.float32, (2, 5)), grid[:, 2:5]
+    )
 
 
 def test_motion_keeps_the_original_kspace_centre_segment():
