@@ -4,14 +4,13 @@ between two implants, photon-starvation noise scaling with the photon count, and
 Measurements are made on the output images (and, for the projector convention, on the sinograms).
 """
 
-import ast
 import dataclasses
-import inspect
 import json
 
 import numpy as np
 import pytest
 import torch
+from host_reads import apply_path_functions, assert_no_host_reads
 
 from perturbations import PERTURBATIONS, ct_beam, ct_metal
 from perturbations.chain import AppliedPerturbation, apply_chain, steps_from_records
@@ -189,24 +188,9 @@ def test_batch_equals_each_case_alone_and_replay_is_bit_identical():
 
 
 def test_apply_path_makes_no_host_copies_and_runs_on_the_meta_device():
-    defs = {}
-    for module in (ct_metal, ct_beam):
-        for node in ast.walk(ast.parse(inspect.getsource(module))):
-            if isinstance(node, ast.FunctionDef):
-                defs[node.name] = node
-    todo, seen = ["apply_metal"], set()
-    while todo:
-        name = todo.pop()
-        if name in seen or name not in defs:
-            continue
-        seen.add(name)
-        for node in ast.walk(defs[name]):
-            if isinstance(node, ast.Attribute):
-                assert node.attr not in {"cpu", "numpy", "item", "tolist"}, f"{name} calls .{node.attr}()"
-            if isinstance(node, ast.Call):
-                todo.append(
-                    node.func.id if isinstance(node.func, ast.Name) else getattr(node.func, "attr", "")
-                )
+    functions = apply_path_functions((ct_metal, ct_beam), ["apply_metal"])
+    assert_no_host_reads(functions)
+    seen = {f.name for f in functions}
     assert {"apply_metal", "metal_deficit", "project", "backproject"} <= seen
     x = torch.empty(2, 1, 4, 16, 16, device="meta")
     params = [_params(4.0), _params(6.0, n_objects=2)]

@@ -4,8 +4,6 @@ Measurements are made on the output images only (slanted edge, noise power spect
 re-evaluating the formulas the kernels were built from.
 """
 
-import ast
-import inspect
 import json
 import math
 import re
@@ -14,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from host_reads import apply_path_functions, assert_no_host_reads
 
 from perturbations import PERTURBATIONS, ct_artefacts, ct_beam, ct_geometry, ct_kernel
 from perturbations.chain import AppliedPerturbation, apply_chain, steps_from_records
@@ -399,37 +398,13 @@ def test_batch_of_three_equals_each_case_alone_and_replay_is_bit_identical(name)
     assert torch.equal(apply_chain(x, spacing, steps_from_records(records)), batched)
 
 
-def _apply_path_functions() -> list[ast.FunctionDef]:
-    """Every function of our modules reachable from a registered ``apply`` (by name)."""
-    modules = (ct_kernel, ct_geometry, ct_artefacts, ct_beam)
-    defs = {}
-    for module in modules:
-        for node in ast.walk(ast.parse(inspect.getsource(module))):
-            if isinstance(node, ast.FunctionDef):
-                defs[node.name] = node
-    todo = [PERTURBATIONS.get(n).apply.__name__ for n in CT_NAMES]
-    seen: dict[str, ast.FunctionDef] = {}
-    while todo:
-        name = todo.pop()
-        if name in seen or name not in defs:
-            continue
-        seen[name] = defs[name]
-        for call in ast.walk(defs[name]):
-            if isinstance(call, ast.Call):
-                callee = call.func.id if isinstance(call.func, ast.Name) else getattr(call.func, "attr", None)
-                todo.append(callee)
-    return list(seen.values())
-
-
 def test_apply_paths_make_no_host_copies():
-    functions = _apply_path_functions()
+    roots = [PERTURBATIONS.get(n).apply.__name__ for n in CT_NAMES]
+    functions = apply_path_functions((ct_kernel, ct_geometry, ct_artefacts, ct_beam), roots)
     assert {"apply_ct_kernel", "kernel_noise", "project", "ring_field", "sfov_radius_mm"} <= {
         f.name for f in functions
     }
-    for fn in functions:
-        for node in ast.walk(fn):
-            if isinstance(node, ast.Attribute):
-                assert node.attr not in {"cpu", "numpy", "item", "tolist"}, f"{fn.name} calls .{node.attr}()"
+    assert_no_host_reads(functions)
 
 
 def test_every_ct_perturbation_runs_on_the_chest_phantom():

@@ -1,14 +1,13 @@
 """Physics checks of ``ct_rigid_motion``: identity without motion, artefacts growing with the amplitude,
 motion before the scan = the moved image, z motion, and the contract (batching, replay, no host reads)."""
 
-import ast
-import inspect
 import json
 import math
 
 import numpy as np
 import pytest
 import torch
+from host_reads import apply_path_functions, assert_no_host_reads
 
 from perturbations import PERTURBATIONS, ct_beam, ct_rigid_motion
 from perturbations.chain import AppliedPerturbation, apply_chain, steps_from_records
@@ -169,23 +168,9 @@ def test_batch_equals_each_case_alone_and_replay_is_bit_identical():
 
 
 def test_apply_path_makes_no_host_copies_and_runs_on_the_meta_device():
-    defs = {}
-    for module in (ct_rigid_motion, ct_beam):
-        for node in ast.walk(ast.parse(inspect.getsource(module))):
-            if isinstance(node, ast.FunctionDef):
-                defs[node.name] = node
-    todo, seen = ["apply_rigid_motion"], set()
-    while todo:
-        name = todo.pop()
-        if name in seen or name not in defs:
-            continue
-        seen.add(name)
-        for node in ast.walk(defs[name]):
-            if isinstance(node, ast.Attribute):
-                assert node.attr not in {"cpu", "numpy", "item", "tolist"}, f"{name} calls .{node.attr}()"
-            if isinstance(node, ast.Call):
-                func = node.func
-                todo.append(func.id if isinstance(func, ast.Name) else getattr(func, "attr", ""))
+    functions = apply_path_functions((ct_rigid_motion, ct_beam), ["apply_rigid_motion"])
+    assert_no_host_reads(functions)
+    seen = {f.name for f in functions}
     assert {"apply_rigid_motion", "motion_weights", "shift_slices", "project", "backproject"} <= seen
     x = torch.empty(2, 1, 4, 16, 16, device="meta")
     params = [_motion(3.0, direction_rad=1.0, rotation_deg=2.0), _motion(2.0, profile="drift", tz_mm=1.0)]
