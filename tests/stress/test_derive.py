@@ -84,7 +84,12 @@ def test_int8_quantisation_quarters_the_state_and_keeps_the_outputs_close(cases)
     assert all(
         state[f"{name}.weight_int8"].dtype == torch.int8 for name, _ in weight_layers(models["v1"].predictor)
     )
-    assert 0 < fp["max_abs_weight_change"] < 2e-3
+    # symmetric int8 per output channel: rounding moves a weight by at most half a step, max|w_c| / 254
+    half_steps = [
+        (m.weight.detach().flatten(1).abs().amax(dim=1) / 254.0).max().item()
+        for _, m in weight_layers(models["v1"].predictor)
+    ]
+    assert 0 < fp["max_abs_weight_change"] <= max(half_steps) * (1 + 1e-5)
     diff = (scores(q, cases) - scores(models["v1"], cases)).abs().max()
     assert 0 < diff < 5e-3
 
