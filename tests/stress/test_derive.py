@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from pathlib import Path
 
 import pytest
@@ -152,9 +151,7 @@ def test_fine_tune_changes_the_weights_reproducibly_and_leaves_the_source_alone(
     sc = parse_scenario(tiny_text(entry.format("f"), entry.format("g")), "f.yaml")
     v1 = load_models(parse_scenario(tiny_text(), "v.yaml"), CPU, Path("."))[0]
     before = sha256_state(v1.predictor)
-    start = time.perf_counter()
     f = derive_model(sc.models[2], v1, sc, CPU, "models[2]")
-    seconds = time.perf_counter() - start
     g = derive_model(sc.models[3], v1, sc, CPU, "models[3]")
     assert sha256_state(v1.predictor) == before == f.fingerprint["source_state_sha256"]
     assert f.fingerprint["state_sha256"] == g.fingerprint["state_sha256"] != before
@@ -162,8 +159,6 @@ def test_fine_tune_changes_the_weights_reproducibly_and_leaves_the_source_alone(
     assert f.fingerprint["fine_tune_cases"] == "1000000000..1000000011"
     assert f.fingerprint["max_abs_weight_change"] > 0
     assert not f.predictor.training and f.predictor is not v1.predictor
-    print(f"fine_tune 3 steps x 4 cases at 16x32x32: {seconds:.2f} s, fingerprint {f.fingerprint}")
-    assert seconds < 60
 
 
 def test_a_derived_model_can_be_derived_again():
