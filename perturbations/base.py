@@ -15,6 +15,8 @@ A perturbation is registered as a :class:`Perturbation` entry holding
   geometric transform applied to a ground-truth mask (nearest neighbour: a mask stays a mask).
 * ``spacing_after(spacing_mm, params) -> spacing_mm'`` (metadata perturbations only): the voxel spacing
   the model is told for one case; the image itself is unchanged.
+* ``check_phantom(spec, generator, phantom_spec, population) -> message | None`` (perturbations whose
+  settings must repeat the phantom's): checked when a scenario is validated.
 """
 
 from __future__ import annotations
@@ -104,6 +106,7 @@ class Perturbation:
     ladder: tuple[float, ...] = ()
     apply_mask: Callable[[Tensor, Spacing, Sequence[Any]], Tensor] | None = None
     spacing_after: Callable[[Spacing, Any], Spacing] | None = None
+    check_phantom: Callable[[Any, str, Any, Any], str | None] | None = None
 
 
 PERTURBATIONS: Registry[Perturbation] = Registry("perturbation")

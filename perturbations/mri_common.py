@@ -172,6 +172,7 @@ def register(
     label: tuple[str, str],
     kernel: tuple[type[PerturbationSpec], type, Callable[..., Any], Callable[..., Tensor]],
     scale: tuple[Severity, tuple[float, ...], Props],
+    **extra: Any,
 ) -> Perturbation:
     """Register an MRI perturbation in :data:`perturbations.base.PERTURBATIONS`.
 
@@ -180,7 +181,8 @@ def register(
         kernel: ``(spec, params, sample, apply)``, see :mod:`perturbations.base`.
         scale: ``(severity, ladder, props)``: the physical severity, its default five levels (mildest
             first) and the properties the generic tests check.
+        extra: further :class:`perturbations.base.Perturbation` fields (e.g. ``check_phantom``).
     """
     keys = ("spec", "params", "sample", "apply", "severity", "ladder", "props")
-    fields = dict(zip(keys, (*kernel, *scale), strict=True))
+    fields = dict(zip(keys, (*kernel, *scale), strict=True)) | extra
     return PERTURBATIONS.register(label[0], Perturbation(name=label[0], description=label[1], **fields))

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -232,6 +232,37 @@ def apply_mri_contrast_shift(
     return x + residual.view_as(x).to(x.dtype)
 
 
+SEQUENCE_FIELDS = ("sequence", "family", "tr_ms", "te_ms", "ti_ms", "flip_deg")
+
+
+def phantom_mismatch(spec: MRIContrastShiftSpec, generator: str, phantom: Any, population: Any) -> str | None:
+    """Why ``spec`` cannot remap this scenario's images, or ``None``.
+
+    The remap is exact only for images made with the protocol and tissue table the spec names: the
+    phantom must be an MR generator with the same sequence settings, and every case must be drawn at
+    the spec's field strength.
+    """
+    if not isinstance(phantom, MRSequenceSpec):
+        return f"needs an MR phantom with tissue signals (expected e.g. brain_mri, got {generator})"
+    ours = {k: getattr(spec, k) for k in SEQUENCE_FIELDS}
+    theirs = {k: getattr(phantom, k) for k in SEQUENCE_FIELDS}
+    if ours != theirs:
+        diff = ", ".join(
+            f"{k} {ours[k]!r} here, {theirs[k]!r} there" for k in SEQUENCE_FIELDS if ours[k] != theirs[k]
+        )
+        return (
+            f"params repeat the phantom's protocol (expected the phantom section's settings; differ: {diff})"
+        )
+    drawn = population.attributes.get("field_strength")
+    if drawn is None or {k for k, p in drawn.items() if p > 0} != {spec.field_strength}:
+        return (
+            f"params.field_strength is {spec.field_strength}, but the population draws "
+            f"{dict(drawn) if drawn else 'every field strength'} (expected population.attributes."
+            f"field_strength: {{{spec.field_strength}: 1.0}})"
+        )
+    return None
+
+
 register(
     (
         "mri_contrast_shift",
@@ -239,4 +270,5 @@ register(
     ),
     (MRIContrastShiftSpec, MRIContrastShiftParams, sample_mri_contrast_shift, apply_mri_contrast_shift),
     (RELATIVE_CHANGE, (10.0, 25.0, 50.0, 100.0, 200.0), EXACT_AT_NOMINAL),
+    check_phantom=phantom_mismatch,
 )

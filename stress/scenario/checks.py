@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
 
 from perturbations import PERTURBATIONS
+from phantoms import PHANTOMS
 from stress.errors import StressError, did_you_mean, unknown_name_message
 from stress.gate.rules import RuleSyntaxError, parse_rule
 from stress.scenario.schema import ModelSection, Scenario
@@ -123,3 +127,39 @@ def gate_problems(sc: Scenario, attributes: dict, add) -> None:
                     ("gate", i, "models", j),
                     unknown_name_message("model", model, [m.name for m in sc.models]),
                 )
+
+
+def phantom_problem(pert: Any, params: dict[str, Any], sc: Scenario) -> str | None:
+    """A perturbation's own check that its settings fit the scenario's phantom.
+
+    Skipped when the settings or the phantom section are invalid: those problems are reported where
+    they are.
+    """
+    try:
+        spec = pert.spec.model_validate(params)
+        phantom = phantom_spec(sc)
+    except (ValidationError, KeyError, ValueError):
+        return None
+    return pert.check_phantom(spec, sc.phantom.generator, phantom, sc.population)
+
+
+def command_input_problem(model: ModelSection, sc: Scenario) -> str | None:
+    """Why a black box cannot be fed this scenario's images as written, or ``None``."""
+    if (
+        model.command is None
+        or model.command_io.input_format != "dicom"
+        or sc.phantom.generator not in PHANTOMS
+    ):
+        return None
+    modality = PHANTOMS.get(sc.phantom.generator).modality
+    if modality == "CT":
+        return None
+    return (
+        f"dicom writes a CT series, but {sc.phantom.generator} makes {modality} images "
+        "(expected input_format: nifti for MR phantoms)"
+    )
+
+
+def phantom_spec(sc: Scenario) -> BaseModel:
+    """The validated generator spec of a scenario."""
+    return PHANTOMS.get(sc.phantom.generator).spec.model_validate(sc.phantom.params)

@@ -19,7 +19,13 @@ from pydantic import BaseModel, ValidationError
 from perturbations import PERTURBATIONS
 from phantoms import PHANTOMS
 from stress.errors import Problem, ScenarioError, did_you_mean, unknown_name_message
-from stress.scenario.checks import gate_problems, model_target_problem
+from stress.scenario.checks import (
+    command_input_problem,
+    gate_problems,
+    model_target_problem,
+    phantom_problem,
+)
+from stress.scenario.checks import phantom_spec as phantom_spec  # re-exported: callers import it from here
 from stress.scenario.schema import DERIVE_UPDATES, WEIGHT_UPDATES, ModelSection, Scenario
 from stress.scenario.yaml_positions import Loc, format_loc, load_yaml_with_positions, position_of
 from stress.stats.metrics import METRICS
@@ -221,6 +227,10 @@ def _semantic_problems(sc: Scenario, file: str, positions: dict, check_imports: 
             msg = pert.severity.check(value)
             if msg:
                 add((*where, *loc), msg)
+        if pert.check_phantom is not None:
+            msg = phantom_problem(pert, params, sc)
+            if msg:
+                add((*where, "params"), f"{name}: {msg}")
     repeats = (
         (
             [b.name for b in sc.baseline],
@@ -257,6 +267,9 @@ def _semantic_problems(sc: Scenario, file: str, positions: dict, check_imports: 
             problem = model_target_problem(model, Path(file).parent)
             if problem:
                 add(("models", i, model.adapter[0]), problem)
+        problem = command_input_problem(model, sc)
+        if problem:
+            add(("models", i, "command_io", "input_format"), problem)
     gate_problems(sc, attributes, add)
     return out
 
@@ -386,8 +399,3 @@ def load_scenario(path: str | Path) -> LoadedScenario:
     return LoadedScenario(
         scenario=scenario, text=text, sha256=hashlib.sha256(raw).hexdigest(), path=str(path)
     )
-
-
-def phantom_spec(sc: Scenario) -> BaseModel:
-    """The validated generator spec of a scenario."""
-    return PHANTOMS.get(sc.phantom.generator).spec.model_validate(sc.phantom.params)

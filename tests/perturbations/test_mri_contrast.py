@@ -278,3 +278,42 @@ def test_docs_table_lists_the_ladder():
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert [float(re.sub(r"[^0-9.]", "", c)) for c in cells[-5:]] == list(ENTRY.ladder)
     assert ENTRY.severity.name in text
+
+
+SCENARIO = """
+name: contrast
+seed: 1
+phantom: {{generator: {generator}, n_cases: 4, params: {{sequence: T2w}}}}
+population: {{attributes: {{field_strength: {fields}}}}}
+perturbations:
+  - {{name: mri_contrast_shift, severities: [0.0, 25.0],
+     params: {{sequence: {sequence}, field_strength: 3T}}}}
+models:
+  - {{name: v1, role: reference, python: "stress.models.demo:reference"}}
+"""
+
+
+@pytest.mark.parametrize(
+    ("generator", "fields", "sequence", "message"),
+    [
+        ("brain_mri", "{3T: 1.0}", "T2w", None),
+        ("brain_mri", "{3T: 1.0}", "T1w", "sequence 'T1w' here, 'T2w' there"),
+        ("brain_mri", "{1.5T: 0.5, 3T: 0.5}", "T2w", "population draws"),
+        ("chest_ct", "{3T: 1.0}", "T2w", "needs an MR phantom"),
+    ],
+)
+def test_a_scenario_whose_phantom_does_not_match_the_spec_is_refused(generator, fields, sequence, message):
+    from stress.errors import ScenarioError
+    from stress.scenario import parse_scenario
+
+    text = SCENARIO.format(generator=generator, fields=fields, sequence=sequence)
+    if generator == "chest_ct":
+        text = text.replace("params: {sequence: T2w}", "params: {}").replace(
+            "population: {attributes: {field_strength: {3T: 1.0}}}", ""
+        )
+    if message is None:
+        parse_scenario(text, "c.yaml")
+        return
+    with pytest.raises(ScenarioError, match=message) as err:
+        parse_scenario(text, "c.yaml")
+    assert "perturbations[0].params: mri_contrast_shift:" in str(err.value)

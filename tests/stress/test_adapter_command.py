@@ -306,3 +306,19 @@ def test_a_run_with_a_black_box_completes_and_records_its_failed_case(tmp_path, 
     assert auc["n_failed"].sum() == 1
     manifest = (tmp_path / "run" / "manifest.json").read_text()
     assert '"adapter": "command"' in manifest and "flaky.py" in manifest
+
+
+def test_dicom_input_with_an_mr_phantom_is_refused_at_validation():
+    from stress.errors import ScenarioError
+    from stress.scenario import parse_scenario
+
+    text = (
+        "name: mr-box\nseed: 1\nphantom: {generator: brain_mri, n_cases: 4}\n"
+        "perturbations: [{name: mri_bias_field, severities: [0.0]}]\n"
+        "models:\n  - name: box\n    role: reference\n"
+        '    command: "true {input} {output}"\n'
+        "    command_io: {input_format: dicom}\n"
+    )
+    with pytest.raises(ScenarioError, match="dicom writes a CT series, but brain_mri makes MR images") as err:
+        parse_scenario(text, "mr.yaml")
+    assert "models[0].command_io.input_format" in str(err.value)
